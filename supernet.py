@@ -1,0 +1,293 @@
+"""Networks of the Expanded Search Space and the weight-sharing supernet (§3.2, §3.3).
+
+* ``build(arch, ess)``: a plain standalone network for one architecture. Its classes
+  (``Network``, ``BasicBlock``) know nothing of supernets; copy them out freely.
+* ``SuperNet(ess)``: the largest network, d_max blocks of w_max channels per stage, whose
+  weights every architecture shares. It has the same module names as ``build``'s networks, so
+  ``extract(arch)`` is a prefix slice of every tensor. Two forwards:
+    - ``forward(x, arch)``: the sliced single path used by weight steps. It runs only the first
+      d_i blocks and the first w_i channels of every weight, so it costs exactly FLOPs(a).
+    - ``forward_masked(...)``: the soft forward used by Θ steps (FBNetV2). Per stage, a channel
+      mask Σ_k g^w_k·prefix_mask(w_k) scales every BN output, and the stage output is
+      Σ_k g^d_k·(output after d_k blocks). Gradients reach the option weights g.
+* ``recalibrate_bn``: re-estimates BN statistics for one architecture (§4.2's evaluation).
+
+Shortcut (choice, DESIGN §3): the first block of every stage always has a 1×1 conv + BN
+projection and all other blocks use the identity. pycls adds the projection only when the
+shapes differ; always having it keeps weight sharing uniform and FLOPs one polynomial.
+
+Run ``python supernet.py`` for a short demo.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from space import Arch, ExpandedSearchSpace
+
+
+# --------------------------------------------------------------------------------------------
+# The standalone network
+# --------------------------------------------------------------------------------------------
+
+class BasicBlock(nn.Module):
+    """Residual basic block [8]: 3×3 conv, BN, ReLU, 3×3 conv, BN, + shortcut, ReLU."""
+
+    def __init__(self, w_in: int, w_out: int, stride: int, project: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(w_in, w_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w_out)
+        self.conv2 = nn.Conv2d(w_out, w_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(w_out)
+        self.proj = nn.Conv2d(w_in, w_out, 1, stride, bias=False) if project else None
+        self.proj_bn = nn.BatchNorm2d(w_out) if project else None
+
+    def forward(self, x):                                      # (B, w_in, H, W)
+        shortcut = x if self.proj is None else self.proj_bn(self.proj(x))
+        h = F.relu(self.bn1(self.conv1(x)))                    # (B, w_out, H/s, W/s)
+        return F.relu(self.bn2(self.conv2(h)) + shortcut)
+
+
+class Stem(nn.Module):
+    """ResStemCifar (pycls): 3×3 conv, BN, ReLU at full resolution."""
+
+    def __init__(self, w_in: int, w_out: int):
+        super().__init__()
+        self.conv = nn.Conv2d(w_in, w_out, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(w_out)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)))
+
+
+class Network(nn.Module):
+    """Stem, N stages of d_i basic blocks of width w_i, global average pool and a linear head."""
+
+    def __init__(self, arch: Arch, ess: ExpandedSearchSpace):
+        super().__init__()
+        arch.validate(ess)
+        self.arch = arch
+        self.stem = Stem(ess.in_channels, ess.stem_width)
+        stages, w_in = [], ess.stem_width
+        for d, w, s in zip(arch.depths, arch.widths, ess.strides):
+            blocks = [BasicBlock(w_in if j == 0 else w, w, s if j == 0 else 1, project=j == 0) for j in range(d)]
+            stages.append(nn.Sequential(*blocks))
+            w_in = w
+        self.stages = nn.ModuleList(stages)
+        self.head = nn.Linear(w_in, ess.num_classes)
+        init_weights(self)
+
+    def forward(self, x):                                      # (B, 3, 32, 32)
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)                                       # (B, w_i, H_i, W_i)
+        return self.head(x.mean((2, 3)))                       # (B, num_classes)
+
+
+def init_weights(model: nn.Module):
+    """pycls initialisation: He (fan-out) convs, BN γ=1 β=0, linear N(0, 0.01) with zero bias."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
+
+
+def build(arch: Arch, ess: ExpandedSearchSpace) -> Network:
+    """A standalone network for architecture a (§3.2), freshly initialised."""
+    return Network(arch, ess)
+
+
+# --------------------------------------------------------------------------------------------
+# Sliced and masked layers (functional, on prefix slices of the supernet's tensors)
+# --------------------------------------------------------------------------------------------
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor, c_out: int) -> torch.Tensor:
+    """``conv`` restricted to its first ``c_out`` filters and the input's channels."""
+    return F.conv2d(x, conv.weight[:c_out, :x.shape[1]], None, conv.stride, conv.padding)
+
+
+def _bn(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """``bn`` on the input's channels, as nn.BatchNorm2d would run; ``scale`` folds in the channel mask.
+
+    A channel mask m ≥ 0 multiplying BN's output is the same as multiplying γ and β by m,
+    so the FBNetV2 mask costs no extra pass over the activations.
+    """
+    c = x.shape[1]
+    weight, bias = bn.weight[:c], bn.bias[:c]
+    if scale is not None:
+        weight, bias = weight * scale, bias * scale
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:                                # cumulative average, as in torch
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], weight, bias,
+                        bn.training, momentum, bn.eps)
+
+
+def _block(block: BasicBlock, x: torch.Tensor, width: int, scale: torch.Tensor | None) -> torch.Tensor:
+    """``BasicBlock.forward`` on the first ``width`` channels, every BN output scaled by ``scale``."""
+    shortcut = x if block.proj is None else _bn(block.proj_bn, _conv(block.proj, x, width), scale)
+    h = F.relu(_bn(block.bn1, _conv(block.conv1, x, width), scale))
+    # x is already masked (an earlier BN output), so the sum is masked exactly once
+    return F.relu(_bn(block.bn2, _conv(block.conv2, h, width), scale) + shortcut)
+
+
+@dataclass
+class StagePlan:
+    """What one stage runs: ``depth`` blocks of ``width`` channels, an optional channel mask
+    (width,) and optional depth coefficients {block count j: weight of the output after j blocks}."""
+
+    depth: int
+    width: int
+    mask: torch.Tensor | None = None
+    coeffs: dict[int, torch.Tensor] | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# The supernet
+# --------------------------------------------------------------------------------------------
+
+class SuperNet(nn.Module):
+    """Weight-sharing supernet over an Expanded Search Space (§3.3): d_max blocks of w_max channels."""
+
+    def __init__(self, ess: ExpandedSearchSpace):
+        super().__init__()
+        self.ess = ess
+        largest = build(ess.largest_arch(), ess)   # same module names as every build(arch)
+        self.stem, self.stages, self.head = largest.stem, largest.stages, largest.head
+
+    def forward(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
+        """Sliced single-path forward of architecture a: costs exactly FLOPs(a)."""
+        return self.run(x, [StagePlan(d, w) for d, w in zip(arch.depths, arch.widths)])
+
+    def forward_masked(self, x: torch.Tensor, g_depth: Sequence[torch.Tensor], g_width: Sequence[torch.Tensor],
+                       depth_values: Sequence[Sequence[int]], width_values: Sequence[Sequence[int]],
+                       eps: float = 0.0) -> torch.Tensor:
+        """Soft forward of the Θ step (§3.3, FBNetV2): option k of stage i uses d_{i,k} blocks and w_{i,k} channels.
+
+        ``g_depth[i]`` (K_d,) and ``g_width[i]`` (K_w,) weight the options; ``depth_values[i][k]``
+        and ``width_values[i][k]`` are their depth and width (for NSS: drawn inside option k's range).
+        Options whose weight is ≤ ``eps`` are left out, which cuts the forward to the largest
+        depth and width that still matter.
+        """
+        return self.run(x, self.masked_plan(g_depth, g_width, depth_values, width_values, eps))
+
+    def masked_plan(self, g_depth, g_width, depth_values, width_values, eps: float = 0.0) -> list[StagePlan]:
+        """Stage plans for ``forward_masked``: masks via a cumulative sum, depth coefficients via index_add."""
+        keep_d, keep_w = _above(g_depth, eps), _above(g_width, eps)   # one host sync for all stages
+        plans = []
+        for gd, gw, dv, wv, kd, kw in zip(g_depth, g_width, depth_values, width_values, keep_d, keep_w):
+            depth = max(d for d, k in zip(dv, kd) if k)
+            width = max(w for w, k in zip(wv, kw) if k)
+            dv_t = torch.as_tensor(dv, device=gd.device) - 1
+            wv_t = torch.as_tensor(wv, device=gw.device) - 1
+            coeffs = torch.zeros(max(dv), dtype=gd.dtype, device=gd.device).index_add(0, dv_t, gd)
+            # FBNetV2 channel mask: Σ_k g_k·[c < w_k] = reverse cumulative sum of g placed at w_k − 1
+            mask = torch.zeros(max(wv), dtype=gw.dtype, device=gw.device).index_add(0, wv_t, gw)
+            mask = mask.flip(0).cumsum(0).flip(0)[:width]
+            plans.append(StagePlan(depth, width, mask, {j: coeffs[j - 1] for j in sorted(set(dv)) if j <= depth}))
+        return plans
+
+    def run(self, x: torch.Tensor, plans: Sequence[StagePlan]) -> torch.Tensor:
+        """Forward through the stem, the planned stages and the head."""
+        x = self.stem(x)                                       # (B, w_0, H, W)
+        for stage, plan in zip(self.stages, plans):
+            mixed = None
+            for j in range(plan.depth):
+                x = _block(stage[j], x, plan.width, plan.mask)  # (B, width, H_i, W_i)
+                if plan.coeffs is not None and j + 1 in plan.coeffs:
+                    term = plan.coeffs[j + 1] * x
+                    mixed = term if mixed is None else mixed + term
+            x = x if plan.coeffs is None else mixed
+        x = x.mean((2, 3))                                     # (B, width)
+        return F.linear(x, self.head.weight[:, :x.shape[1]], self.head.bias)
+
+    @torch.no_grad()
+    def extract(self, arch: Arch) -> Network:
+        """``build(arch)`` holding the supernet's weights and BN buffers (prefix slices), in the same mode."""
+        with torch.device("meta"):
+            net = build(arch, self.ess)
+        ref = next(self.parameters())
+        net = net.to_empty(device=ref.device).to(ref.dtype)
+        shared = self.state_dict()
+        net.load_state_dict({k: shared[k][tuple(slice(0, n) for n in v.shape)]
+                             for k, v in net.state_dict().items()})
+        return net.train(self.training)
+
+
+def _above(gs: Sequence[torch.Tensor], eps: float) -> list[list[bool]]:
+    """Which option weights exceed eps, per stage, fetched in one device→host copy."""
+    flags = (torch.cat([g.detach() for g in gs]) > eps).tolist()
+    out, start = [], 0
+    for g in gs:
+        out.append(flags[start:start + len(g)])
+        start += len(g)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# BN recalibration (§4.2)
+# --------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, images: torch.Tensor, arch: Arch | None = None, batch_size: int = 500):
+    """Reset BN statistics and re-estimate them as the average over ``images`` of an architecture.
+
+    ``model`` is a standalone network (``arch=None``) or a ``SuperNet`` with the ``arch`` to
+    calibrate; the statistics of the supernet's other channels are reset too.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None                                    # cumulative average over batches
+    was_training = model.training
+    model.train()
+    forward: Callable = model if arch is None else (lambda x: model(x, arch))
+    try:
+        for chunk in images.split(batch_size):
+            forward(chunk)
+    finally:
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------------------------
+# Demo
+# --------------------------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from flops import arch_flops
+    from space import Options
+
+    ess = ExpandedSearchSpace(d_max=4, w_max=32, d_step=2, w_step=8)
+    torch.manual_seed(0)
+    net = SuperNet(ess).eval()
+    x = torch.randn(2, 3, 32, 32)
+    print(f"supernet over {ess}: {sum(p.numel() for p in net.parameters()):,} shared parameters")
+    for arch in (ess.smallest_arch(), Arch((2, 3, 1), (8, 24, 16)), ess.largest_arch()):
+        with FlopCounterMode(display=False) as counter:
+            y = net(x[:1], arch)
+        same = torch.allclose(y, net.extract(arch).eval()(x[:1]), atol=1e-5)
+        print(f"{arch}: sliced forward {counter.get_total_flops() // 2:,} MACs = FLOPs(a) {arch_flops(arch, ess):,}; "
+              f"equals extract(arch): {same}")
+    options = Options.nss(ess)
+    g_d = [torch.softmax(torch.randn(len(o)), 0).requires_grad_() for o in options.depths]
+    g_w = [torch.softmax(torch.randn(len(o)), 0).requires_grad_() for o in options.widths]
+    values_d = [[hi for _, hi in o] for o in options.depths]
+    values_w = [[hi for _, hi in o] for o in options.widths]
+    net.forward_masked(x, g_d, g_w, values_d, values_w).logsumexp(1).sum().backward()
+    print("masked forward: option weights of stage 1 got gradients", g_w[0].grad.abs().sum().item() > 0)
