@@ -178,15 +178,18 @@ class SuperNet(nn.Module):
         ``g_depth[i]`` (K_d,) and ``g_width[i]`` (K_w,) weight the options; ``depth_values[i][k]``
         and ``width_values[i][k]`` are their depth and width (for NSS: drawn inside option k's range).
         Options whose weight is ≤ ``eps`` are left out, which cuts the forward to the largest
-        depth and width that still matter.
+        depth and width that still matter. The weights may be on the CPU; they are moved here.
         """
         return self.run(x, self.masked_plan(g_depth, g_width, depth_values, width_values, eps))
 
     def masked_plan(self, g_depth, g_width, depth_values, width_values, eps: float = 0.0) -> list[StagePlan]:
         """Stage plans for ``forward_masked``: masks via a cumulative sum, depth coefficients via index_add."""
-        keep_d, keep_w = _above(g_depth, eps), _above(g_width, eps)   # one host sync for all stages
+        # weights may live on the CPU (no device sync for the flags) and move here afterwards
+        keep_d, keep_w = _above(g_depth, eps), _above(g_width, eps)
+        device = self.head.weight.device
         plans = []
         for gd, gw, dv, wv, kd, kw in zip(g_depth, g_width, depth_values, width_values, keep_d, keep_w):
+            gd, gw = gd.to(device, non_blocking=True), gw.to(device, non_blocking=True)
             depth = max(d for d, k in zip(dv, kd) if k)
             width = max(w for w, k in zip(wv, kw) if k)
             dv_t = torch.as_tensor(dv, device=gd.device) - 1
@@ -226,7 +229,7 @@ class SuperNet(nn.Module):
 
 
 def _above(gs: Sequence[torch.Tensor], eps: float) -> list[list[bool]]:
-    """Which option weights exceed eps, per stage, fetched in one device→host copy."""
+    """Which option weights exceed eps, per stage (one device→host copy if they are on a device)."""
     flags = (torch.cat([g.detach() for g in gs]) > eps).tolist()
     out, start = [], 0
     for g in gs:

@@ -1,0 +1,254 @@
+"""Datasets as device-resident uint8 tensors, the 50/50 search split and on-device augmentation (§4.1).
+
+Every dataset is decoded once into ``ImageData``: uint8 images (N, 3, H, W) and int64 labels,
+kept on the run's device. Batches are drawn and augmented there (4-pixel pad and random crop,
+horizontal flip, optional cutout, normalisation), with no per-image Python work.
+
+Datasets: ``cifar10`` / ``cifar100`` (torchvision, downloaded into ``data_dir``), ``folder``
+(an image-folder tree ``train/<class>/*`` and ``test/<class>/*``, e.g. the CIFAR-10 JPEG copy)
+and ``synthetic`` (generated in memory, seeded, learnable; for tests and ``--quick``).
+
+Run ``python data.py`` for a short demo on synthetic data.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+class DataError(Exception):
+    """A dataset that cannot be found, downloaded or read; the message says how to fix it."""
+
+
+@dataclass
+class ImageData:
+    """A decoded dataset: uint8 images (N, C, H, W) and int64 labels, on one device."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: torch.Tensor           # (C,) per-channel mean of the training images, in [0, 1]
+    std: torch.Tensor            # (C,)
+
+    @property
+    def image_size(self) -> int:
+        return self.train_x.shape[-1]
+
+    def to(self, device) -> ImageData:
+        move = lambda t: t.to(device)
+        return ImageData(self.name, move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y),
+                         self.num_classes, move(self.mean), move(self.std))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+def num_classes_of(name: str, data_dir: str | Path = "./data") -> int:
+    """The number of classes of a dataset, without loading it (for checking a FLOPs target early)."""
+    if name == "folder":
+        return len(_class_dirs(Path(data_dir) / "train", data_dir))
+    return {"cifar10": 10, "cifar100": 100, "synthetic": 10}[_check_name(name)]
+
+
+def load(name: str, data_dir: str | Path = "./data", download: bool = True, device="cpu",
+         synthetic_train: int = 2000, synthetic_test: int = 500, image_size: int = 32, seed: int = 0) -> ImageData:
+    """Load a dataset once into uint8 tensors on ``device`` (raises ``DataError`` with a fix)."""
+    name = _check_name(name)
+    if name == "synthetic":
+        xs, ys = synthetic_images(synthetic_train + synthetic_test, image_size=image_size, seed=seed)
+        parts = (xs[:synthetic_train], ys[:synthetic_train], xs[synthetic_train:], ys[synthetic_train:])
+        num_classes = int(ys.max()) + 1
+    elif name == "folder":
+        (tr_x, tr_y, classes), (te_x, te_y, te_classes) = (_read_folder(Path(data_dir) / s, data_dir) for s in ("train", "test"))
+        if classes != te_classes:
+            raise DataError(f"{data_dir}: train/ and test/ have different class folders")
+        parts, num_classes = (tr_x, tr_y, te_x, te_y), len(classes)
+    else:
+        parts, num_classes = _read_cifar(name, Path(data_dir), download)
+    train_x = parts[0]
+    scaled = train_x.float() / 255
+    mean, std = scaled.mean((0, 2, 3)), scaled.std((0, 2, 3))
+    return ImageData(name, *parts, num_classes=num_classes, mean=mean, std=std).to(device)
+
+
+def _check_name(name: str) -> str:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return name
+
+
+def _read_cifar(name: str, root: Path, download: bool):
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        sets = [cls(str(root), train=train, download=download) for train in (True, False)]
+    except Exception as e:   # torchvision raises RuntimeError when missing, URLError & co. offline
+        how = "" if download else " (downloading is off: --no-download)"
+        raise DataError(f"{name} is not in {root.resolve()} and could not be downloaded{how}: "
+                        f"connect to the network and pass --download, or point --data-dir at an existing copy "
+                        f"[{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}]") from None
+    out = []
+    for s in sets:
+        out += [torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(s.targets, dtype=torch.long)]
+    return tuple(out), len(sets[0].classes)
+
+
+def _class_dirs(split_dir: Path, data_dir) -> list[Path]:
+    if not split_dir.is_dir():
+        raise DataError(f"no image folder at {split_dir.resolve()}: --dataset folder needs "
+                        f"{Path(data_dir)}/train/<class>/* and {Path(data_dir)}/test/<class>/*; "
+                        f"unpack a copy there or point --data-dir at one")
+    dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
+    if not dirs:
+        raise DataError(f"{split_dir.resolve()} has no class folders")
+    return dirs
+
+
+def _read_folder(split_dir: Path, data_dir):
+    """Decode every image of ``split_dir/<class>/*`` (classes sorted, as torchvision's ImageFolder)."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    dirs = _class_dirs(split_dir, data_dir)
+    images, labels = [], []
+    for label, d in enumerate(dirs):
+        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        for f in files:
+            try:
+                images.append(decode_image(read_file(str(f)), mode=ImageReadMode.RGB))
+            except RuntimeError as e:
+                raise DataError(f"cannot decode {f}: {e}") from None
+        labels += [label] * len(files)
+    if not images:
+        raise DataError(f"{split_dir.resolve()} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if len({tuple(im.shape) for im in images}) > 1:
+        raise DataError(f"images in {split_dir.resolve()} have different sizes; resize them to one size first")
+    return torch.stack(images), torch.tensor(labels, dtype=torch.long), [d.name for d in dirs]
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic data: learnable, seeded, with structure at two scales
+# --------------------------------------------------------------------------------------------
+
+def synthetic_images(n: int, num_classes: int = 10, image_size: int = 32, seed: int = 0,
+                     noise: float = 0.35) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` seeded uint8 images whose class is a coarse shape crossed with a fine texture.
+
+    Half the classes share each coarse colour template; a faint oriented grating under noise
+    tells them apart, so a network must resolve fine detail (more capacity) to separate all of
+    them. Random shifts make the task one for convolutions, not for pixel lookup.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n_shapes = math.ceil(num_classes / 2)
+    coarse = torch.rand(n_shapes, 3, 4, 4, generator=g)
+    templates = F.interpolate(coarse, size=(image_size, image_size), mode="bicubic", align_corners=False)
+    yy, xx = torch.meshgrid(torch.arange(image_size), torch.arange(image_size), indexing="ij")
+    angles = torch.tensor([0.0, math.pi / 2])
+    gratings = torch.stack([torch.sin(2.2 * (xx * torch.cos(a) + yy * torch.sin(a))) for a in angles])
+    labels = torch.randint(num_classes, (n,), generator=g)
+    images = templates[labels // 2] + 0.18 * gratings[labels % 2][:, None]
+    images = images * (0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=g)) + noise * torch.randn(images.shape, generator=g)
+    shifts = torch.randint(-3, 4, (n, 2), generator=g)
+    images = torch.stack([im.roll(tuple(s), dims=(1, 2)) for im, s in zip(images, shifts.tolist())])
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels
+
+
+# --------------------------------------------------------------------------------------------
+# Splits, batches and on-device augmentation
+# --------------------------------------------------------------------------------------------
+
+def search_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seeded 50/50 split of the training set: (train half for weights, val half for Θ) (§4.1)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[: n // 2].sort().values, perm[n // 2:].sort().values
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) → float, standardised per channel."""
+    return (x.float() / 255 - mean[:, None, None]) / std[:, None, None]
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True,
+            cutout: int = 0) -> torch.Tensor:
+    """Batched pad-and-crop, horizontal flip and cutout of uint8 images (B, C, H, W), on their device."""
+    B, C, H, W = x.shape
+    dev = x.device
+    if pad:
+        padded = F.pad(x, (pad, pad, pad, pad))                                   # (B, C, H+2p, W+2p)
+        dy, dx = torch.randint(0, 2 * pad + 1, (2, B, 1), generator=generator, device=dev)
+        rows = (dy + torch.arange(H, device=dev))[:, None, :, None]               # (B, 1, H, 1)
+        cols = (dx + torch.arange(W, device=dev))[:, None, None, :]               # (B, 1, 1, W)
+        x = padded[torch.arange(B, device=dev)[:, None, None, None], torch.arange(C, device=dev)[None, :, None, None], rows, cols]
+    if flip:
+        flipped = torch.rand(B, generator=generator, device=dev) < 0.5
+        x = torch.where(flipped[:, None, None, None], x.flip(3), x)
+    if cutout:
+        cy, cx = torch.randint(0, H, (B, 1), generator=generator, device=dev), torch.randint(0, W, (B, 1), generator=generator, device=dev)
+        inside_y = ((torch.arange(H, device=dev) - cy).abs() <= cutout // 2)[:, :, None]   # (B, H, 1)
+        inside_x = ((torch.arange(W, device=dev) - cx).abs() <= cutout // 2)[:, None, :]   # (B, 1, W)
+        keep = ~(inside_y & inside_x)
+        x = x * keep[:, None].to(x.dtype)
+    return x
+
+
+@dataclass
+class Loader:
+    """Shuffled mini-batches of a subset of device-resident images, augmented and normalised on the device.
+
+    ``generator`` draws the permutation and the augmentation; it lives on the data's device and
+    its state is all a checkpoint needs to replay the same batches.
+    """
+
+    images: torch.Tensor          # uint8 (N, C, H, W)
+    labels: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    batch_size: int
+    generator: torch.Generator
+    train: bool = True            # shuffle and augment
+    cutout: int = 0
+    channels_last: bool = False
+    drop_last: bool = True
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator, device=self.images.device) if self.train else None
+        for i in range(len(self)):
+            idx = slice(i * self.batch_size, (i + 1) * self.batch_size) if order is None else order[i * self.batch_size:(i + 1) * self.batch_size]
+            x, y = self.images[idx], self.labels[idx]
+            if self.train:
+                x = augment(x, self.generator, cutout=self.cutout)
+            x = normalize(x, self.mean, self.std)
+            yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
+
+
+def make_generator(device, seed: int) -> torch.Generator:
+    """A seeded generator on ``device`` (augmentation and shuffling run where the data lives)."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+if __name__ == "__main__":
+    data = load("synthetic", synthetic_train=512, synthetic_test=128)
+    print(f"{data.name}: train {tuple(data.train_x.shape)} test {tuple(data.test_x.shape)}, "
+          f"{data.num_classes} classes, mean {data.mean.tolist()}")
+    tr, va = search_split(len(data.train_y), seed=0)
+    print(f"search split: {len(tr)} images for weights, {len(va)} for Θ")
+    loader = Loader(data.train_x[tr], data.train_y[tr], data.mean, data.std, 64, make_generator("cpu", 0), cutout=8)
+    x, y = next(iter(loader))
+    print(f"{len(loader)} batches of {tuple(x.shape)} {x.dtype}, labels {y[:8].tolist()}")

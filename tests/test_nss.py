@@ -1,0 +1,176 @@
+"""nss.py: the search steers, runs, resumes exactly, and its CLI fails cleanly on bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import data as data_mod
+import nss
+from flops import space_flops
+from space import ExpandedSearchSpace, Options, Space
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(dataset="synthetic", synthetic_size=256, d_max=4, w_max=16, d_step=2, w_step=4, target=6e6,
+            batch_size=32, progress=False)
+
+
+def tiny_cfg(tmp_path, **kw):
+    return nss.NSSConfig(**{**TINY, "out": str(tmp_path), **kw})
+
+
+# ---- 1. the FLOPs loss steers Θ --------------------------------------------------------------
+
+def test_flops_loss_alone_reaches_targets_across_the_default_space(tmp_path):
+    """Task loss off: Θ on the FLOPs loss alone, 300 Θ steps, on the full 2^18-space default."""
+    hits = {}
+    for target in (6e8, 1.6e9, 4e9, 8e9, 16e9, 24e9):
+        cfg = nss.NSSConfig(dataset="synthetic", synthetic_size=640, batch_size=64, task_loss=False, target=target,
+                            epochs=60, warmup_epochs=0, arch_lr=0.1, tau_decay=0.95, out=str(tmp_path),
+                            name=f"t{target:g}", progress=False)
+        result = nss.run(cfg)
+        assert len(result["history"]) == 60 and result["history"][-1]["tau"] < 0.3
+        assert len(result["candidates"]) == 5
+        elite = Space.from_dict(result["elite_space"])
+        assert result["deviation"] == abs(space_flops(elite, ExpandedSearchSpace()) / target - 1)
+        hits[target] = result["deviation"]
+    assert sum(d < 0.03 for d in hits.values()) >= 4, hits
+
+
+# ---- 2. a full search works ----------------------------------------------------------------
+
+def check_result_schema(result, cfg):
+    ess = cfg.ess(10)
+    for key in ("target", "elite_space", "elite_flops", "deviation", "candidates", "probs", "history", "dataset", "seconds"):
+        assert key in result
+    elite = Space.from_dict(result["elite_space"]).validate(ess)
+    assert 0 <= ess.index_of(elite) < ess.num_spaces           # one of the candidate spaces
+    assert result["elite_flops"] == space_flops(elite, ess)
+    assert result["deviation"] == abs(result["elite_flops"] / cfg.target - 1)
+    assert len(result["candidates"]) == cfg.n_samples
+    assert result["deviation"] == min(c["deviation"] for c in result["candidates"])
+    assert [len(p) for p in result["probs"]["depth"]] == [2, 2, 2]
+    assert [len(p) for p in result["probs"]["width"]] == [4, 4, 4]
+    assert all(abs(sum(p) - 1) < 1e-5 for p in result["probs"]["depth"] + result["probs"]["width"])
+    assert [h["phase"] for h in result["history"]] == ["warmup"] * cfg.warmup_epochs + ["search"] * (cfg.epochs - cfg.warmup_epochs)
+    for h in result["history"]:
+        assert {"loss", "expected_flops", "tau", "seconds"} <= set(h)
+
+
+def test_full_search_writes_a_valid_result(tmp_path):
+    cfg = tiny_cfg(tmp_path, epochs=3, warmup_epochs=1)
+    result = nss.run(cfg)
+    run_dir = tmp_path / cfg.default_name()
+    on_disk = json.loads((run_dir / "result.json").read_text())
+    check_result_schema(on_disk, cfg)
+    assert on_disk["elite_space"] == result["elite_space"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["config"]["target"] == cfg.target and config["versions"]["torch"] == torch.__version__
+    assert (run_dir / "checkpoint.pt").exists()
+    assert not list(run_dir.glob(".*.tmp"))
+    # Θ moved: the FLOPs term and the task term both acted
+    assert result["probs"]["width"][0] != [0.25] * 4
+
+
+# ---- 3. resume is exact --------------------------------------------------------------------
+
+class Kill(Exception):
+    pass
+
+
+def test_resume_is_exact(tmp_path):
+    whole = nss.run(tiny_cfg(tmp_path, epochs=4, warmup_epochs=1, name="whole"))
+
+    def die_after_epoch_2(searcher, record):
+        if record["epoch"] == 2:
+            raise Kill
+    with pytest.raises(Kill):
+        nss.run(tiny_cfg(tmp_path, epochs=4, warmup_epochs=1, name="cut"), callback=die_after_epoch_2)
+    assert not (tmp_path / "cut" / "result.json").exists()
+    resumed = nss.run(tiny_cfg(tmp_path, epochs=4, warmup_epochs=1, name="cut", resume=True))
+    for key in ("elite_space", "elite_flops", "probs", "candidates"):
+        assert resumed[key] == whole[key], key
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    assert strip(resumed["history"]) == strip(whole["history"])
+
+
+def test_resume_refuses_other_settings_and_corrupt_checkpoints(tmp_path):
+    nss.run(tiny_cfg(tmp_path, epochs=2, warmup_epochs=1, name="a"))
+    with pytest.raises(nss.RunError, match="other settings"):
+        nss.run(tiny_cfg(tmp_path, epochs=2, warmup_epochs=1, name="a", resume=True, lam=2.0))
+    with pytest.raises(nss.RunError, match="already holds a run"):
+        nss.run(tiny_cfg(tmp_path, epochs=2, warmup_epochs=1, name="a"))
+    (tmp_path / "a" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(nss.RunError, match="corrupt"):
+        nss.run(tiny_cfg(tmp_path, epochs=2, warmup_epochs=1, name="a", resume=True))
+
+
+# ---- 4. the CLI ----------------------------------------------------------------------------
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "nss.py"), *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_cli_quick_runs_end_to_end(tmp_path):
+    proc = run_cli("--quick", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Elite Space" in proc.stdout
+    result = json.loads((tmp_path / "runs" / "nss-quick" / "result.json").read_text())
+    check_result_schema(result, nss.parse_config(nss.NSSConfig, ["--quick"]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target", "1e15"], "outside the FLOPs range"),
+    (["--target", "1e3"], "outside the FLOPs range"),
+    (["--target", "-1"], "positive"),
+    (["--target", "abc"], "invalid float"),
+    (["--target", "nan"], "positive"),
+    (["--dataset", "imagenet"], "unknown dataset"),
+    (["--dataset", "cifar10", "--data-dir", "missing", "--no-download"], "missing"),
+    (["--dataset", "folder", "--data-dir", "missing"], "missing"),
+    (["--epochs", "2", "--warmup-epochs", "2"], "warmup"),
+    (["--resume"], "nothing to resume"),
+    (["--bogus-flag"], "unrecognized"),
+])
+def test_cli_rejects_bad_input_with_one_line(tmp_path, args, message):
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
+
+
+def test_cli_rejects_a_corrupt_checkpoint(tmp_path):
+    run_dir = tmp_path / "runs" / "nss-quick"
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint.pt").write_bytes(b"\x00garbage")
+    proc = run_cli("--quick", "--resume", cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "corrupt" in proc.stderr
+
+
+def test_no_flags_means_the_paper_setting():
+    cfg = nss.parse_config(nss.NSSConfig, [])
+    assert (cfg.dataset, cfg.target, cfg.batch_size, cfg.n_samples) == ("cifar10", 1.6e9, 64, 5)
+    assert cfg.ess(10) == ExpandedSearchSpace()
+    quick = nss.parse_config(nss.NSSConfig, ["--quick", "--epochs", "7"])
+    assert quick.dataset == "synthetic" and quick.epochs == 7 and quick.d_max == 4
+
+
+# ---- 5. the Θ step is masked and differentiable ----------------------------------------------
+
+def test_theta_step_task_gradient_reaches_alpha_and_beta():
+    cfg = nss.NSSConfig(**{**TINY, "lam": 0.0})     # λ = 0: the gradient is the task loss's alone
+    ess = cfg.ess(10)
+    searcher = nss.Searcher(cfg, ess, Options.nss(ess), torch.device("cpu"))
+    d = data_mod.load("synthetic", synthetic_train=64, synthetic_test=8)
+    x, y = data_mod.normalize(d.train_x[:32], d.mean, d.std), d.train_y[:32]
+    before = [p.detach().clone() for p in searcher.theta.parameters()]
+    searcher.theta_step(x, y, tau=5.0)
+    for p, b in zip(searcher.theta.parameters(), before):
+        assert torch.all(b == 0)                      # from uniform logits
+        assert p.grad is not None and p.grad.abs().max() > 0
+        assert not torch.equal(p.detach(), b)
+    assert all(p.grad is None for p in searcher.supernet.parameters())   # only Θ's gradients are computed
