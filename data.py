@@ -119,7 +119,8 @@ def _class_dirs(split_dir: Path, data_dir) -> list[Path]:
 
 def _read_folder(split_dir: Path, data_dir):
     """Decode every image of ``split_dir/<class>/*`` (classes sorted, as torchvision's ImageFolder)."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError    # Pillow comes with torchvision
 
     dirs = _class_dirs(split_dir, data_dir)
     images, labels = [], []
@@ -127,15 +128,17 @@ def _read_folder(split_dir: Path, data_dir):
         files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         for f in files:
             try:
-                images.append(decode_image(read_file(str(f)), mode=ImageReadMode.RGB))
-            except RuntimeError as e:
+                with Image.open(f) as im:
+                    images.append(np.asarray(im.convert("RGB")))
+            except (OSError, UnidentifiedImageError) as e:
                 raise DataError(f"cannot decode {f}: {e}") from None
         labels += [label] * len(files)
     if not images:
         raise DataError(f"{split_dir.resolve()} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    if len({tuple(im.shape) for im in images}) > 1:
+    if len({im.shape for im in images}) > 1:
         raise DataError(f"images in {split_dir.resolve()} have different sizes; resize them to one size first")
-    return torch.stack(images), torch.tensor(labels, dtype=torch.long), [d.name for d in dirs]
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()     # (N, 3, H, W) uint8
+    return x, torch.tensor(labels, dtype=torch.long), [d.name for d in dirs]
 
 
 # --------------------------------------------------------------------------------------------
