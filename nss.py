@@ -248,6 +248,33 @@ def short(space: Space) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Training steps and schedules (shared with evaluate.py)
+# --------------------------------------------------------------------------------------------
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast where asked for (CUDA runs); a no-op context otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train_step(forward: Callable, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
+               amp: bool = False, label_smoothing: float = 0.0) -> torch.Tensor:
+    """One SGD step of cross-entropy at learning rate ``lr``; returns the loss without a host sync."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast(x.device, amp):
+        loss = F.cross_entropy(forward(x).float(), y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def cosine_lr(base: float, step: int, total: int) -> float:
+    """Cosine decay from ``base`` to 0 over ``total`` steps."""
+    return 0.5 * base * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+
+
+# --------------------------------------------------------------------------------------------
 # The searcher: weight steps, Θ steps, epochs, checkpoints
 # --------------------------------------------------------------------------------------------
 
@@ -277,19 +304,12 @@ class Searcher:
 
     # ---- one step each ------------------------------------------------------------------
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+        return autocast(self.device, self.amp)
 
     def weight_step(self, x: torch.Tensor, y: torch.Tensor, lr: float, uniform: bool) -> torch.Tensor:
         """𝒜 ~ P_Θ (uniform in warmup), a ~ U(𝒜), sliced forward, CE, one SGD step (Eq. 3)."""
         arch = self.theta.sample(self.gen, uniform=uniform).sample(self.gen)
-        for group in self.weight_opt.param_groups:
-            group["lr"] = lr
-        with self.autocast():
-            loss = F.cross_entropy(self.supernet(x, arch), y)
-        self.weight_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.weight_opt.step()
-        return loss.detach()
+        return train_step(lambda inp: self.supernet(inp, arch), self.weight_opt, x, y, lr, self.amp)
 
     def theta_step(self, x: torch.Tensor | None, y: torch.Tensor | None, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Gumbel-softmax g, masked forward, CE + λ·|F(g)/target − 1| (Eq. 5), one Adam step on Θ.
@@ -323,13 +343,18 @@ class Searcher:
         """τ = τ_0 · decay^(search epochs done) (FBNet's schedule)."""
         return self.cfg.tau0 * self.cfg.tau_decay ** max(0, epoch - self.cfg.warmup_epochs)
 
-    def lr_at(self, step: int, total: int) -> float:
-        """Cosine decay of the weights' learning rate over the whole run."""
-        return 0.5 * self.cfg.lr * (1 + math.cos(math.pi * step / max(1, total)))
+    def attach(self, data: data_mod.ImageData):
+        """Loaders over the seeded 50/50 split: the train half for weights, the val half for Θ (§4.1)."""
+        halves = data_mod.search_split(len(data.train_y), self.cfg.seed)
+        self.loaders = [data_mod.Loader(data.train_x[i.to(self.device)], data.train_y[i.to(self.device)], data.mean,
+                                        data.std, min(self.cfg.batch_size, len(i)), self.data_gen, channels_last=self.amp)
+                        for i in halves]
+        self.steps = min(len(loader) for loader in self.loaders)
 
-    def train_epoch(self, train: data_mod.Loader | None, val: data_mod.Loader | None, steps: int) -> dict:
+    def train_epoch(self) -> dict:
         """One epoch: weight steps only during warmup, then alternating weight and Θ steps."""
-        cfg, epoch = self.cfg, self.epoch
+        cfg, epoch, steps = self.cfg, self.epoch, self.steps
+        train, val = self.loaders if cfg.task_loss else (None, None)
         warmup = epoch < cfg.warmup_epochs
         tau = self.tau(epoch)
         start = time.time()
@@ -342,7 +367,7 @@ class Searcher:
         for i in bar:
             (xt, yt), (xv, yv) = next(train_batches), next(val_batches)
             if self.supernet is not None:
-                sums["loss"] = sums["loss"] + self.weight_step(xt, yt, self.lr_at(self.step, cfg.epochs * steps), warmup)
+                sums["loss"] = sums["loss"] + self.weight_step(xt, yt, cosine_lr(cfg.lr, self.step, cfg.epochs * steps), warmup)
             self.step += 1
             if not warmup:
                 task, fl = self.theta_step(xv, yv, tau)
@@ -364,6 +389,11 @@ class Searcher:
         """E_{𝒜~P_Θ}[FLOPs(𝒜)], exactly (F evaluated at g = softmax(Θ))."""
         pd, pw = self.theta.probs()
         return float(expected_flops(pd, pw, self.moments, self.ess))
+
+    def describe(self, record: dict) -> str:
+        return (f"epoch {record['epoch']:3d}/{self.cfg.epochs} {record['phase']:6s} loss {record['loss']:.3f} "
+                f"flops-loss {record['flops_loss']:.3f} E[FLOPs] {format_flops(record['expected_flops'])} "
+                f"τ {record['tau']:.2f} {record['seconds']:.1f}s")
 
     def status(self, tau: float, loss) -> str:
         loss = float(loss) if self.supernet is not None else float("nan")
@@ -457,36 +487,42 @@ def load_data(cfg: SearchConfig, ess: ExpandedSearchSpace, device: torch.device 
     return data
 
 
+def write_run_config(run_dir: Path, cfg, ess: ExpandedSearchSpace, device: torch.device):
+    """config.json: the resolved config, the space, the device and the versions (the run describes itself)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    write_json(run_dir / "config.json", {"config": cfg.to_dict(), "ess": ess.to_dict(), "device": str(device),
+                                         "device_name": name, "argv": sys.argv, "versions": versions()})
+
+
+def run_epochs(trainer, run_dir: Path, epochs: int, progress: bool, callback: Callable | None = None):
+    """Train epoch by epoch up to ``epochs``, writing ``checkpoint.pt`` atomically after each.
+
+    ``trainer`` has ``epoch``, ``train_epoch() -> record``, ``state_dict()`` and ``describe(record)``.
+    """
+    if trainer.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    while trainer.epoch < epochs:
+        record = trainer.train_epoch()
+        write_atomic(run_dir / "checkpoint.pt", lambda p: torch.save(trainer.state_dict(), p))
+        if progress:
+            print(trainer.describe(record), file=sys.stderr)
+        if callback is not None:
+            callback(trainer, record)
+
+
 def run_search(cfg: SearchConfig, options: Options, ess: ExpandedSearchSpace, run_dir: Path,
                finish: Callable[[Searcher], dict], data: data_mod.ImageData | None = None,
                callback: Callable[[Searcher, dict], None] | None = None) -> dict:
-    """Load data, search epoch by epoch with a checkpoint after each, then ``finish`` into a result."""
+    """Search epoch by epoch with a checkpoint after each, then ``finish`` the searcher into a result."""
     device = resolve_device(cfg.device)
     started = time.time()
-    data = load_data(cfg, ess, device) if data is None else data.to(device)
     searcher = Searcher(cfg, ess, options, device)
     if cfg.resume:
         searcher.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", {"config": cfg.to_dict(), "ess": ess.to_dict(), "device": str(device),
-                                         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-                                         "argv": sys.argv, "versions": versions()})
-    train_idx, val_idx = data_mod.search_split(len(data.train_y), cfg.seed)
-    loaders = [data_mod.Loader(data.train_x[i.to(device)], data.train_y[i.to(device)], data.mean, data.std,
-                               min(cfg.batch_size, len(i)), searcher.data_gen, channels_last=searcher.amp)
-               for i in (train_idx, val_idx)]
-    steps = min(len(loader) for loader in loaders)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    while searcher.epoch < cfg.epochs:
-        record = searcher.train_epoch(*(loaders if cfg.task_loss else (None, None)), steps)
-        write_atomic(run_dir / "checkpoint.pt", lambda p: torch.save(searcher.state_dict(), p))
-        if cfg.progress:
-            print(f"epoch {record['epoch']:3d}/{cfg.epochs} {record['phase']:6s} loss {record['loss']:.3f} "
-                  f"flops-loss {record['flops_loss']:.3f} E[FLOPs] {format_flops(record['expected_flops'])} "
-                  f"τ {record['tau']:.2f} {record['seconds']:.1f}s", file=sys.stderr)
-        if callback is not None:
-            callback(searcher, record)
+    searcher.attach(load_data(cfg, ess, device) if data is None else data.to(device))
+    write_run_config(run_dir, cfg, ess, device)
+    run_epochs(searcher, run_dir, cfg.epochs, cfg.progress, callback)
     result = finish(searcher)
     result |= {"probs": searcher.theta.probs_dict(), "history": searcher.history, "dataset": cfg.dataset,
                "ess": ess.to_dict(), "seconds": searcher.seconds, "wall_seconds": time.time() - started}

@@ -269,6 +269,12 @@ class Space:
         """Number of architectures in the space, Π_i |d_i^𝒜|·|w_i^𝒜|."""
         return math.prod((d[1] - d[0] + 1) * (w[1] - w[0] + 1) for d, w in zip(self.depths, self.widths))
 
+    def as_arch(self) -> Arch:
+        """The single architecture of a space whose every range is one value."""
+        if self.size != 1:
+            raise ValueError(f"{self} holds {self.size} architectures, not one")
+        return Arch(tuple(lo for lo, _ in self.depths), tuple(lo for lo, _ in self.widths))
+
     def validate(self, ess: ExpandedSearchSpace) -> Space:
         """Raise ValueError unless every range lies inside {1..d_max} and {1..w_max}."""
         for ranges, upper, what in ((self.depths, ess.d_max, "Space.depths"), (self.widths, ess.w_max, "Space.widths")):

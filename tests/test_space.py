@@ -133,3 +133,9 @@ def test_options():
     assert nas.sizes == ((2, 4),) * 3 and nas.hull == space
     chosen = nas.space([1, 0, 1], [0, 3, 2])
     assert chosen == Space(((2, 2), (3, 3), (2, 2)), ((1, 1), (8, 8), (15, 15)))
+
+
+def test_as_arch():
+    assert Space(((2, 2), (1, 1), (3, 3)), ((5, 5), (6, 6), (7, 7))).as_arch() == Arch((2, 1, 3), (5, 6, 7))
+    with pytest.raises(ValueError, match="not one"):
+        Space(((2, 3), (1, 1), (3, 3)), ((5, 5), (6, 6), (7, 7))).as_arch()

@@ -1,0 +1,134 @@
+"""FBNetV2-style differentiable NAS inside a network space (§4.3, §4.4), and its command line.
+
+    python nas.py --space runs/nss-cifar10-1.60GF-s0/result.json --target 1.6e9   # inside an Elite Space
+    python nas.py --space full --target 1.6e9                                     # the baseline
+    python nas.py --quick                                                         # offline demo
+
+The search is NSS's (``nss.Searcher``: warmup, weight steps, Θ steps, τ schedule), with other
+options: every single depth and every single width of the space's ranges (512 widths per stage
+in the full space), so the masks are FBNetV2's channel masks over single widths.
+
+Afterwards architectures are sampled from the final distribution (Table 1's protocol):
+* inside an Elite Space (or any given space), n = 5 samples, keeping the closest to the target;
+* inside the full space, samples until one is within ±10% of the target, up to ``--max-samples``.
+The number of samples used is Table 1's "#samples".
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import data as data_mod
+import nss
+from flops import arch_flops, format_flops
+from space import Arch, ExpandedSearchSpace, Options, Space
+from nss import RunError, option
+
+
+@dataclass
+class NASConfig(nss.SearchConfig):
+    """NAS settings: NSS's search settings plus the space and the sampling protocol of Table 1."""
+
+    space: str = option("full", "'full', an NSS result.json (its Elite Space) or a space JSON file")
+    sampling: str = option("auto", "best-of-n | until-within | auto (best-of-n in a given space, until-within in the full space)")
+    n_samples: int = option(5, "samples for best-of-n")
+    max_samples: int = option(1000, "cap on samples for until-within")
+    tolerance: float = option(0.10, "until-within stops at |FLOPs/target − 1| ≤ tolerance (±10%)")
+
+    QUICK = {**nss.SearchConfig.QUICK, "space": "full"}
+
+    def check(self):
+        super().check()
+        if self.sampling not in ("auto", "best-of-n", "until-within"):
+            raise RunError(f"--sampling must be auto, best-of-n or until-within, got {self.sampling!r}")
+        if self.n_samples < 1 or self.max_samples < 1:
+            raise RunError("--n-samples and --max-samples must be at least 1")
+        if not 0 < self.tolerance < 1:
+            raise RunError(f"--tolerance must be in (0, 1), got {self.tolerance}")
+
+    def space_label(self) -> str:
+        if self.space == "full":
+            return "full"
+        path = Path(self.space)
+        return f"elite-{path.parent.name}" if path.name == "result.json" else path.stem
+
+    def default_name(self) -> str:
+        prefix = "nas-quick" if self.quick else f"nas-{self.dataset}-{format_flops(self.target)}-s{self.seed}"
+        return f"{prefix}-{self.space_label()}"
+
+    def protocol(self) -> str:
+        if self.sampling != "auto":
+            return self.sampling
+        return "until-within" if self.space == "full" else "best-of-n"
+
+
+def load_space(spec: str, ess: ExpandedSearchSpace) -> Space:
+    """'full', an NSS ``result.json`` (its ``elite_space``) or a JSON file holding a space."""
+    if spec == "full":
+        return ess.full_space()
+    path = Path(spec)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise RunError(f"cannot read the space file {path}: {e.strerror or e}") from None
+    try:
+        d = json.loads(text)
+        if isinstance(d, dict) and "elite_space" in d:
+            d = d["elite_space"]
+        return Space.from_dict(d).validate(ess)
+    except (ValueError, TypeError) as e:
+        raise RunError(f"malformed space JSON in {path}: {e}") from None
+
+
+def sample_final(searcher: nss.Searcher, protocol: str, n: int, max_samples: int, tolerance: float) -> dict:
+    """Sample architectures from the final P_Θ by Table 1's protocol; count the samples."""
+    target, ess = searcher.cfg.target, searcher.ess
+    sampled = []
+    limit = n if protocol == "best-of-n" else max_samples
+    while len(sampled) < limit:
+        arch = searcher.theta.sample(searcher.gen).as_arch()   # single-value options: each space is one arch
+        f = arch_flops(arch, ess)
+        sampled.append({"arch": arch.to_dict(), "flops": f, "deviation": abs(f / target - 1)})
+        if protocol == "until-within" and sampled[-1]["deviation"] <= tolerance:
+            break
+    best = min(sampled, key=lambda s: s["deviation"]) if protocol == "best-of-n" else sampled[-1]
+    return {"target": target, "arch": best["arch"], "flops": best["flops"], "deviation": best["deviation"],
+            "samples": len(sampled), "within": best["deviation"] <= tolerance, "protocol": protocol,
+            "sampled_flops": [s["flops"] for s in sampled], "most_likely": searcher.theta.most_likely().as_arch().to_dict()}
+
+
+def run(cfg: NASConfig, data: data_mod.ImageData | None = None, callback=None) -> dict:
+    """NAS end to end: writes runs/<name>/{config,nas}.json and returns the result."""
+    cfg.check()
+    num_classes = data.num_classes if data is not None else data_mod.num_classes_of(cfg.dataset, cfg.data_dir)
+    ess = cfg.ess(num_classes)
+    space = load_space(cfg.space, ess)
+    options = Options.nas(space)
+    nss.check_target(cfg.target, options, ess, f"the architectures of {space}")
+    run_dir = nss.check_run_dir(cfg, cfg.default_name())
+    data = nss.load_data(cfg, ess) if data is None else data
+    finish = lambda s: sample_final(s, cfg.protocol(), cfg.n_samples, cfg.max_samples, cfg.tolerance)
+    result = nss.run_search(cfg, options, ess, run_dir, finish, data, callback)
+    result |= {"space": space.to_dict(), "space_source": cfg.space, "run_dir": str(run_dir)}
+    nss.write_json(run_dir / "nas.json", result)
+    return result
+
+
+def summary(result: dict) -> str:
+    within = "within" if result["within"] else "NOT within"
+    return (f"NAS in {result['space_source']} for {format_flops(result['target'])} on {result['dataset']}:\n"
+            f"  {Arch.from_dict(result['arch'])}\n"
+            f"  FLOPs {format_flops(result['flops'])} (|Δ| {100 * result['deviation']:.1f}%, {within} the tolerance) "
+            f"after {result['samples']} samples ({result['protocol']})\n"
+            f"  written to {result['run_dir']}/nas.json")
+
+
+def main(argv=None) -> int:
+    cfg = nss.parse_config(NASConfig, argv, description=__doc__.split("\n\n")[0])
+    print(summary(run(cfg)))
+    return 0
+
+
+if __name__ == "__main__":
+    nss.cli(main)
