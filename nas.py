@@ -19,6 +19,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 import data as data_mod
 import nss
 from flops import arch_flops, format_flops
@@ -47,20 +49,22 @@ class NASConfig(nss.SearchConfig):
         if not 0 < self.tolerance < 1:
             raise RunError(f"--tolerance must be in (0, 1), got {self.tolerance}")
 
-    def space_label(self) -> str:
-        if self.space == "full":
-            return "full"
-        path = Path(self.space)
-        return f"elite-{path.parent.name}" if path.name == "result.json" else path.stem
-
     def default_name(self) -> str:
         prefix = "nas-quick" if self.quick else f"nas-{self.dataset}-{format_flops(self.target)}-s{self.seed}"
-        return f"{prefix}-{self.space_label()}"
+        return f"{prefix}-{space_label(self.space)}"
 
     def protocol(self) -> str:
         if self.sampling != "auto":
             return self.sampling
         return "until-within" if self.space == "full" else "best-of-n"
+
+
+def space_label(spec: str) -> str:
+    """A short name for a --space value: 'full', 'elite-<NSS run>' or the file's stem."""
+    if spec == "full":
+        return "full"
+    path = Path(spec)
+    return f"elite-{path.parent.name}" if path.name == "result.json" else path.stem
 
 
 def load_space(spec: str, ess: ExpandedSearchSpace) -> Space:
@@ -90,12 +94,19 @@ def sample_final(searcher: nss.Searcher, protocol: str, n: int, max_samples: int
         arch = searcher.theta.sample(searcher.gen).as_arch()   # single-value options: each space is one arch
         f = arch_flops(arch, ess)
         sampled.append({"arch": arch.to_dict(), "flops": f, "deviation": abs(f / target - 1)})
-        if protocol == "until-within" and sampled[-1]["deviation"] <= tolerance:
+        if protocol == "until-within" and abs(f - target) <= tolerance * target:
             break
     best = min(sampled, key=lambda s: s["deviation"]) if protocol == "best-of-n" else sampled[-1]
     return {"target": target, "arch": best["arch"], "flops": best["flops"], "deviation": best["deviation"],
-            "samples": len(sampled), "within": best["deviation"] <= tolerance, "protocol": protocol,
+            "samples": len(sampled), "within": abs(best["flops"] - target) <= tolerance * target, "protocol": protocol,
             "sampled_flops": [s["flops"] for s in sampled], "most_likely": searcher.theta.most_likely().as_arch().to_dict()}
+
+
+def final_archs(result: dict, n: int, seed: int = 0) -> list[Arch]:
+    """n architectures sampled from a finished NAS run's final distribution (§4.4's samples)."""
+    theta = nss.Theta.from_probs(Options.nas(Space.from_dict(result["space"])), result["probs"])
+    g = torch.Generator().manual_seed(seed)
+    return [theta.sample(g).as_arch() for _ in range(n)]
 
 
 def run(cfg: NASConfig, data: data_mod.ImageData | None = None, callback=None) -> dict:

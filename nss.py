@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -57,9 +57,13 @@ def option(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 @dataclass
-class SearchConfig:
-    """Settings shared by NSS and NAS. Defaults are the paper's or DESIGN.md's choices."""
+class RunConfig:
+    """Settings of every run: data, space, device and run folder. Defaults are the paper's or DESIGN.md's."""
 
     # data
     dataset: str = option("cifar10", "cifar10 | cifar100 | folder | synthetic")
@@ -71,6 +75,55 @@ class SearchConfig:
     w_max: int = option(512, "w_max: most channels per stage")
     d_step: int = option(4, "depths per candidate range")
     w_step: int = option(32, "widths per candidate range")
+    # run
+    seed: int = option(0, "seed of everything")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    amp: bool = option(True, "bf16 autocast and channels_last on CUDA")
+    out: str = option("runs", "folder of the runs")
+    name: str = option("", "run name (default: derived from the settings)")
+    resume: bool = option(False, "continue runs/<name> from its checkpoint")
+    overwrite: bool = option(False, "replace an existing runs/<name>")
+    progress: bool = option(True, "show progress bars")
+    quick: bool = option(False, "tiny offline demo: reduced space, synthetic data, a few epochs")
+
+    QUICK = dict(dataset="synthetic", synthetic_size=2000, d_max=4, w_max=16, d_step=2, w_step=4)
+    # fields that do not change the result, so a resumed run may differ in them
+    VOLATILE = ("resume", "overwrite", "progress", "quick", "name", "out", "device")
+
+    def ess(self, num_classes: int) -> ExpandedSearchSpace:
+        """The Expanded Search Space of this run."""
+        return ExpandedSearchSpace(d_max=self.d_max, w_max=self.w_max, d_step=self.d_step, w_step=self.w_step,
+                                   num_classes=num_classes)
+
+    def check(self):
+        """Reject invalid values before any work starts."""
+        if self.dataset not in data_mod.DATASETS:
+            raise RunError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(data_mod.DATASETS)}")
+        self.check_numbers(at_least_one=("synthetic_size", "d_max", "w_max", "d_step", "w_step"))
+        if self.d_max % self.d_step or self.w_max % self.w_step:
+            raise RunError("--d-step must divide --d-max and --w-step must divide --w-max")
+        if self.resume and self.overwrite:
+            raise RunError("--resume and --overwrite exclude each other")
+        resolve_device(self.device)
+
+    def check_numbers(self, at_least_one=(), positive=(), non_negative=()):
+        for name in at_least_one:
+            if getattr(self, name) < 1:
+                raise RunError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
+        for names, ok, what in ((positive, lambda v: v > 0, "positive"), (non_negative, lambda v: v >= 0, "non-negative")):
+            for name in names:
+                value = getattr(self, name)
+                if not (math.isfinite(value) and ok(value)):
+                    raise RunError(f"{flag(name)} must be a finite {what} number, got {value}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SearchConfig(RunConfig):
+    """Settings shared by NSS and NAS: the objective and the schedule of the search."""
+
     # objective (Eq. 5)
     target: float = option(1.6e9, "FLOPs_target, in multiply-accumulates (1.6e9 = 1.6GF)")
     lam: float = option(1.0, "λ: weight of the FLOPs loss (choice)")
@@ -87,52 +140,17 @@ class SearchConfig:
     tau0: float = option(5.0, "τ_0: initial Gumbel-softmax temperature (FBNet)")
     tau_decay: float = option(0.956, "τ multiplier per search epoch (FBNet)")
     eps: float = option(1e-4, "masked forwards skip options whose weight is below ε")
-    # run
-    seed: int = option(0, "seed of everything")
-    device: str = option("auto", "auto | cpu | cuda | cuda:N")
-    amp: bool = option(True, "bf16 autocast and channels_last on CUDA")
-    out: str = option("runs", "folder of the runs")
-    name: str = option("", "run name (default: derived from the settings)")
-    resume: bool = option(False, "continue runs/<name> from its checkpoint")
-    overwrite: bool = option(False, "replace an existing runs/<name>")
-    progress: bool = option(True, "show progress bars")
-    quick: bool = option(False, "tiny offline demo: reduced space, synthetic data, a few epochs")
 
-    QUICK = dict(dataset="synthetic", synthetic_size=2000, d_max=4, w_max=16, d_step=2, w_step=4,
-                 target=6e6, epochs=12, warmup_epochs=3, arch_lr=0.05, tau_decay=0.7)
-    # fields that do not change the result, so a resumed run may differ in them
-    VOLATILE = ("resume", "overwrite", "progress", "quick", "name", "out", "device")
-
-    def ess(self, num_classes: int) -> ExpandedSearchSpace:
-        """The Expanded Search Space of this run."""
-        return ExpandedSearchSpace(d_max=self.d_max, w_max=self.w_max, d_step=self.d_step, w_step=self.w_step,
-                                   num_classes=num_classes)
+    QUICK = {**RunConfig.QUICK, "target": 6e6, "epochs": 12, "warmup_epochs": 3, "arch_lr": 0.05, "tau_decay": 0.7}
 
     def check(self):
-        """Reject invalid values before any work starts."""
-        if self.dataset not in data_mod.DATASETS:
-            raise RunError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(data_mod.DATASETS)}")
-        for name in ("synthetic_size", "d_max", "w_max", "d_step", "w_step", "epochs", "batch_size", "flops_samples"):
-            if getattr(self, name) < 1:
-                raise RunError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not math.isfinite(self.target) or self.target <= 0:
-            raise RunError(f"--target must be a positive number of FLOPs, got {self.target}")
+        super().check()
+        self.check_numbers(at_least_one=("epochs", "batch_size", "flops_samples"), positive=("target", "lr", "arch_lr", "tau0"),
+                           non_negative=("lam", "eps", "momentum", "weight_decay"))
         if not 0 <= self.warmup_epochs < self.epochs:
             raise RunError(f"--warmup-epochs must be in 0..{self.epochs - 1} (less than --epochs), got {self.warmup_epochs}")
-        for name in ("lam", "lr", "arch_lr", "tau0", "eps", "momentum", "weight_decay"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0 or (value == 0 and name in ("lr", "arch_lr", "tau0")):
-                raise RunError(f"--{name.replace('_', '-')} must be {'positive' if name in ('lr', 'arch_lr', 'tau0') else 'non-negative'}, got {value}")
         if not 0 < self.tau_decay <= 1:
             raise RunError(f"--tau-decay must be in (0, 1], got {self.tau_decay}")
-        if self.d_max % self.d_step or self.w_max % self.w_step:
-            raise RunError(f"--d-step must divide --d-max and --w-step must divide --w-max")
-        if self.resume and self.overwrite:
-            raise RunError("--resume and --overwrite exclude each other")
-        resolve_device(self.device)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -167,7 +185,7 @@ def parse_config(cls, argv=None, description: str = ""):
             kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
             parser.add_argument(flag, type=kind, help=help_, metavar=f.name.upper())
     given = vars(parser.parse_args(argv))
-    preset = cls.QUICK if given.get("quick") else {}
+    preset = getattr(cls, "QUICK", {}) if given.get("quick") else {}
     cfg = cls(**{**preset, **given})
     cfg.check()
     return cfg
@@ -202,6 +220,18 @@ class Theta(nn.Module):
         self.options = options
         self.alpha = nn.ParameterList(nn.Parameter(torch.zeros(len(o))) for o in options.depths)
         self.beta = nn.ParameterList(nn.Parameter(torch.zeros(len(o))) for o in options.widths)
+
+    @classmethod
+    def from_probs(cls, options: Options, probs: dict) -> Theta:
+        """Θ with logits log P, from a result's ``probs`` (to sample from a finished run's P_Θ)."""
+        theta = cls(options)
+        with torch.no_grad():
+            for params, ps in ((theta.alpha, probs["depth"]), (theta.beta, probs["width"])):
+                for p, values in zip(params, ps):
+                    if len(values) != len(p):
+                        raise RunError(f"the probabilities have {len(values)} options where the space has {len(p)}")
+                    p.copy_(torch.tensor(values).clamp_min(1e-30).log())
+        return theta
 
     def probs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """P_Θ per stage: softmax(α_i) and softmax(β_i)."""
@@ -256,17 +286,22 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def train_step(forward: Callable, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
-               amp: bool = False, label_smoothing: float = 0.0) -> torch.Tensor:
-    """One SGD step of cross-entropy at learning rate ``lr``; returns the loss without a host sync."""
+def train_step(forwards: Callable | Sequence[Callable], optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor, lr: float, amp: bool = False, label_smoothing: float = 0.0) -> torch.Tensor:
+    """One SGD step at learning rate ``lr`` on the cross-entropy of one forward, or the sum over several
+    (the sandwich rule); returns the mean loss without a host sync."""
+    forwards = [forwards] if callable(forwards) else list(forwards)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    with autocast(x.device, amp):
-        loss = F.cross_entropy(forward(x).float(), y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total = torch.zeros((), device=x.device)
+    for forward in forwards:          # backward one graph at a time: the memory of a single forward
+        with autocast(x.device, amp):
+            loss = F.cross_entropy(forward(x).float(), y, label_smoothing=label_smoothing)
+        loss.backward()
+        total += loss.detach()
     optimizer.step()
-    return loss.detach()
+    return total / len(forwards)
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
@@ -410,14 +445,7 @@ class Searcher:
         return state
 
     def load_state_dict(self, state: dict):
-        mine = {k: v for k, v in self.cfg.to_dict().items() if k not in self.cfg.VOLATILE}
-        theirs = {k: v for k, v in state["config"].items() if k not in self.cfg.VOLATILE}
-        if mine != theirs:
-            diff = sorted(k for k in mine if mine[k] != theirs.get(k))
-            raise RunError(f"the checkpoint was written with other settings ({', '.join(diff)}); "
-                           f"resume with the same flags or start a new --name")
-        if state["device_type"] != self.device.type:
-            raise RunError(f"the checkpoint was written on {state['device_type']}; resume it on the same kind of device")
+        check_same_settings(self.cfg, state, self.device)
         self.theta.load_state_dict(state["theta"])
         self.arch_opt.load_state_dict(state["arch_opt"])
         self.gen.set_state(state["gen"])
@@ -467,6 +495,22 @@ def check_run_dir(cfg: SearchConfig, default_name: str) -> Path:
         raise RunError(f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to replace it, "
                        f"or --name for a new one")
     return run_dir
+
+
+def check_same_settings(cfg: RunConfig, state: dict, device: torch.device):
+    """A checkpoint resumes only under the settings that wrote it (bar the VOLATILE ones) and device kind."""
+    try:
+        mine = {k: v for k, v in cfg.to_dict().items() if k not in cfg.VOLATILE}
+        theirs = {k: v for k, v in state["config"].items() if k not in cfg.VOLATILE}
+        kind = state["device_type"]
+    except (KeyError, TypeError, AttributeError):
+        raise RunError("the checkpoint is not one of this program's: delete it or pass --overwrite") from None
+    if mine != theirs:
+        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        raise RunError(f"the checkpoint was written with other settings ({', '.join(diff)}); "
+                       f"resume with the same flags or start a new --name")
+    if kind != device.type:
+        raise RunError(f"the checkpoint was written on {kind}; resume it on the same kind of device")
 
 
 def load_checkpoint(path: Path) -> dict:
