@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 import data as data_mod
 from flops import OptionMoments, expected_flops, flops_loss, flops_range, format_flops, space_flops
-from space import Arch, ExpandedSearchSpace, Options, Space
+from space import ExpandedSearchSpace, Options, Space
 from supernet import SuperNet
 
 from tqdm.auto import tqdm
@@ -385,6 +385,8 @@ class Searcher:
                                         data.std, min(self.cfg.batch_size, len(i)), self.data_gen, channels_last=self.amp)
                         for i in halves]
         self.steps = min(len(loader) for loader in self.loaders)
+        if self.steps == 0:
+            raise RunError(f"the training set ({len(data.train_y)} images) is too small to split into two halves of a batch")
 
     def train_epoch(self) -> dict:
         """One epoch: weight steps only during warmup, then alternating weight and Θ steps."""

@@ -125,10 +125,11 @@ def _bn(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None) -> torc
     weight, bias = bn.weight[:c], bn.bias[:c]
     if scale is not None:
         weight, bias = weight * scale, bias * scale
-    momentum = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:                                # cumulative average, as in torch
+    momentum = bn.momentum
+    if momentum is None:                  # cumulative average, as nn.BatchNorm2d (costs a host sync)
+        momentum = 0.0
+        if bn.training and bn.track_running_stats:
+            bn.num_batches_tracked.add_(1)
             momentum = 1.0 / float(bn.num_batches_tracked)
     return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], weight, bias,
                         bn.training, momentum, bn.eps)
@@ -253,12 +254,13 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, arch: Arch | None = N
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
-        bn.momentum = None                                    # cumulative average over batches
     was_training = model.training
     model.train()
     forward: Callable = model if arch is None else (lambda x: model(x, arch))
     try:
-        for chunk in images.split(batch_size):
+        for k, chunk in enumerate(images.split(batch_size)):
+            for bn in bns:        # momentum 1/(k+1): the cumulative average, without a device sync per layer
+                bn.momentum = 1.0 / (k + 1)
             forward(chunk)
     finally:
         for bn, m in zip(bns, momenta):

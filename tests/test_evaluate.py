@@ -13,7 +13,7 @@ import data as data_mod
 import evaluate as ev
 import nss
 from flops import arch_flops, batch_arch_flops
-from space import Arch, ExpandedSearchSpace, Space
+from space import Arch, ExpandedSearchSpace
 from supernet import recalibrate_bn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def toy(tmp_path_factory):
     out = tmp_path_factory.mktemp("evalnet")
     data = nss.load_data(nss.RunConfig(**COMMON), ESS)
     supernet, result = ev.train_supernet(ev.SupernetConfig(**COMMON, out=str(out), epochs=5, batch_size=64, lr=0.1), data)
-    return supernet, data, result, out
+    return supernet.eval(), data, result, out
 
 
 def test_supernet_training_learns_and_saves(toy):
@@ -50,7 +50,7 @@ def test_supernet_score_equals_extracted_standalone_score(toy):
     for arch, score in zip(archs, scores):
         standalone = supernet.extract(arch)
         recalibrate_bn(standalone, calib, batch_size=128)
-        assert score["error"] == ev.test_error(standalone, test_x, test_y)
+        assert score["error"] == ev.test_error(standalone.eval(), test_x, test_y)
         assert score["flops"] == arch_flops(arch, ESS) and score["arch"] == arch.to_dict()
 
 
@@ -159,6 +159,7 @@ def run_cli(*args, cwd, timeout=400):
                           cwd=cwd, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_cli_quick_runs_every_protocol(tmp_path):
     proc = run_cli("--quick", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -170,6 +171,7 @@ def test_cli_quick_runs_every_protocol(tmp_path):
     assert len(list(out.rglob("scratch.json"))) == 4 and len(list(out.rglob("nas.json"))) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["score", "--supernet", "missing.pt"], "cannot read the checkpoint"),
     (["score"], "--supernet is required"),
@@ -186,6 +188,7 @@ def test_cli_rejects_bad_input_with_one_line(tmp_path, args, message):
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_rejects_a_corrupt_supernet_file(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     proc = run_cli("score", "--supernet", "bad.pt", cwd=tmp_path)

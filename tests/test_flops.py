@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from flops import (OptionMoments, arch_flops, arch_params, batch_arch_flops, expected_flops, flops_loss,
                    flops_range, space_flops)
-from space import Arch, ExpandedSearchSpace, Options, Space
+from space import ExpandedSearchSpace, Options, Space
 from supernet import build
 
 DEFAULT = ExpandedSearchSpace()

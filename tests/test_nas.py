@@ -54,6 +54,7 @@ def test_samples_in_the_full_reduced_space_are_counted(tmp_path, target):
     print(f"target {target:g}: {result['samples']} samples in the full reduced space")
 
 
+@pytest.mark.slow
 def test_nas_with_the_task_loss_in_the_full_default_width_options(tmp_path):
     """512 width options per stage: the masked forward and Θ of that size run (tiny data, few steps)."""
     cfg = nas.NASConfig(dataset="synthetic", synthetic_size=64, batch_size=16, d_max=2, w_max=512, d_step=1, w_step=32,
@@ -69,6 +70,7 @@ def run_cli(*args, cwd):
                           cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_quick_runs_end_to_end(tmp_path):
     proc = run_cli("--quick", "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -78,6 +80,7 @@ def test_cli_quick_runs_end_to_end(tmp_path):
     assert "samples" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content, message", [
     ('{"depths": [[1, 2]]}', "malformed space JSON"),
     ("{not json", "malformed space JSON"),
@@ -93,6 +96,7 @@ def test_cli_rejects_bad_space_files(tmp_path, content, message):
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_rejects_a_target_outside_the_space(tmp_path):
     proc = run_cli("--quick", "--target", "1e9", cwd=tmp_path)
     assert proc.returncode == 2 and "outside the FLOPs range" in proc.stderr

@@ -41,6 +41,7 @@ def test_cells_only_orchestrate(path):
                 assert node.end_lineno - node.lineno + 1 <= 12, f"{path.name}: {node.name} is too long"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_runs_at_smoke_scale(path, tmp_path):
     figures = tmp_path / "figures"

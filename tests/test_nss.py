@@ -114,6 +114,7 @@ def run_cli(*args, cwd):
                           cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_quick_runs_end_to_end(tmp_path):
     proc = run_cli("--quick", "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -122,6 +123,7 @@ def test_cli_quick_runs_end_to_end(tmp_path):
     check_result_schema(result, nss.parse_config(nss.NSSConfig, ["--quick"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--target", "1e15"], "outside the FLOPs range"),
     (["--target", "1e3"], "outside the FLOPs range"),
@@ -143,6 +145,7 @@ def test_cli_rejects_bad_input_with_one_line(tmp_path, args, message):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
 
 
+@pytest.mark.slow
 def test_cli_rejects_a_corrupt_checkpoint(tmp_path):
     run_dir = tmp_path / "runs" / "nss-quick"
     run_dir.mkdir(parents=True)

@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from flops import arch_flops
 from space import Arch, ExpandedSearchSpace, Options, Space
-from supernet import BasicBlock, SuperNet, build, recalibrate_bn
+from supernet import SuperNet, build, recalibrate_bn
 
 ESS = ExpandedSearchSpace(d_max=4, w_max=16, d_step=2, w_step=4)
 
@@ -136,7 +136,6 @@ def test_masked_forward_is_a_mixture_of_depths_and_masks():
 
 def test_truncation_changes_nothing_measurable():
     net = randomised_supernet(dtype=torch.float32)
-    options = Options.nas(ESS.full_space())
     x = torch.randn(4, 3, 32, 32)
     torch.manual_seed(0)
     # peaked weights, as late in a search: the large options carry ~1e-9

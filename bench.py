@@ -1,0 +1,270 @@
+"""Speed benchmarks of the hot loops, on one device; prints a table and writes JSON.
+
+    python bench.py                                   # the full benchmark on the default device
+    python bench.py --data-dir /path/to/cifar10-jpeg  # adds from-scratch time-to-accuracy on a real copy
+    python bench.py --device cpu --quick              # seconds-long smoke run at tiny sizes (run by the tests)
+
+What is measured (effective TFLOP/s count 2 FLOPs per multiply-accumulate, as torch's counter does;
+training steps count forward and backward as torch.utils.flop_counter counts them on the first step):
+  1. plain network anchor: build(arch) training step, the same blocks without masks or slicing;
+  2. masked Θ step on the full space (batch 64 and 256): img/s and TFLOP/s of the executed FLOPs;
+  3. sliced weight steps on architectures of about 0.6, 1.6, 4 and 16 GF at the search batch size;
+  4. NSS search: seconds per warmup epoch and per search epoch on CIFAR-10-sized data (25k + 25k);
+  5. evaluation: architectures scored per minute in a 1.6 GF space (BN recalibration on 2000
+     images, the 10k test images);
+  6. from scratch (with --data-dir): seconds per epoch and time to 90% and 93% test accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import data as data_mod
+import evaluate
+import nss
+from flops import arch_flops, format_flops
+from space import Arch, ExpandedSearchSpace, Options
+from supernet import SuperNet, build
+
+
+@dataclass
+class BenchConfig:
+    device: str = "auto"
+    quick: bool = False
+    batch_sizes: tuple[int, ...] = (64, 256)       # masked Θ step
+    search_batch: int = 64                         # sliced weight steps, as the search uses
+    arch_targets: tuple[float, ...] = (6e8, 1.6e9, 4e9, 1.6e10)
+    steps: int = 20                                # timed steps per step benchmark
+    epoch_steps: int = 0                           # 0: time whole NSS epochs; N: time N steps and scale up
+    eval_archs: int = 20
+    data_dir: str = ""
+    scratch_epochs: int = 60
+    out: str = "bench.json"
+
+
+def quick_config(device: str) -> BenchConfig:
+    return BenchConfig(device=device, quick=True, batch_sizes=(8,), search_batch=8, arch_targets=(2e6, 6e6), steps=2,
+                       epoch_steps=2, eval_archs=2, scratch_epochs=1)
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, steps: int, device: torch.device, warmup: int = 2) -> float:
+    """Median-free simple timing: seconds per call of ``fn`` after ``warmup`` calls (device-synchronised)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
+def counted_flops(fn) -> int:
+    """FLOPs (2 per multiply-accumulate) that torch counts while ``fn`` runs once, forward and backward."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def batch(n: int, ess: ExpandedSearchSpace, device: torch.device, channels_last: bool):
+    x = torch.randn(n, 3, ess.image_size, ess.image_size, device=device)
+    y = torch.randint(ess.num_classes, (n,), device=device)
+    return (x.contiguous(memory_format=torch.channels_last) if channels_last else x), y
+
+
+def row(name: str, seconds: float, images: int, flops: int | None = None, **extra) -> dict:
+    out = {"name": name, "seconds": seconds, "img_per_s": images / seconds, **extra}
+    if flops is not None:
+        out["tflops"] = flops / seconds / 1e12
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmarks
+# --------------------------------------------------------------------------------------------
+
+def bench_plain(ess, device, amp, sizes) -> list[dict]:
+    """The anchor: a standalone network's SGD step (no masks, no slicing)."""
+    rows = []
+    net = build(ess.largest_arch(), ess).to(device)
+    net = net.to(memory_format=torch.channels_last) if amp else net
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    for n in sizes:
+        x, y = batch(n, ess, device, amp)
+        step = lambda: nss.train_step(net, opt, x, y, 0.01, amp)
+        rows.append(row(f"plain largest network, batch {n}", timed(step, STEPS, device), n, counted_flops(step)))
+    return rows
+
+
+def bench_masked(ess, device, amp, sizes) -> list[dict]:
+    """NSS's Θ step on the full space from uniform Θ: nothing is truncated, the whole supernet runs."""
+    rows = []
+    cfg = nss.NSSConfig(dataset="synthetic", d_max=ess.d_max, w_max=ess.w_max, d_step=ess.d_step, w_step=ess.w_step,
+                        target=nss.flops_range(Options.nss(ess), ess)[1] / 2, device=str(device), amp=amp)
+    searcher = nss.Searcher(cfg, ess, Options.nss(ess), device)
+    for n in sizes:
+        x, y = batch(n, ess, device, amp)
+        step = lambda: searcher.theta_step(x, y, tau=5.0)
+        rows.append(row(f"masked Θ step, full space, batch {n}", timed(step, STEPS, device), n, counted_flops(step)))
+    return rows
+
+
+def arch_near(ess: ExpandedSearchSpace, target: float, seed: int = 0) -> Arch:
+    """A seeded architecture of the full space within 5% of ``target`` FLOPs."""
+    g = torch.Generator().manual_seed(seed)
+    return evaluate.sample_archs(ess.full_space(), 1, ess, g, flops_band=(0.95 * target, 1.05 * target))[0]
+
+
+def bench_sliced(ess, device, amp, batch_size, targets) -> list[dict]:
+    rows = []
+    torch.manual_seed(0)
+    supernet = SuperNet(ess).to(device)
+    supernet = supernet.to(memory_format=torch.channels_last) if amp else supernet
+    opt = torch.optim.SGD(supernet.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    x, y = batch(batch_size, ess, device, amp)
+    for target in targets:
+        arch = arch_near(ess, target)
+        step = lambda: nss.train_step(lambda inp: supernet(inp, arch), opt, x, y, 0.01, amp)
+        rows.append(row(f"sliced weight step {format_flops(arch_flops(arch, ess))} {arch}, batch {batch_size}",
+                        timed(step, STEPS, device), batch_size, counted_flops(step)))
+    return rows
+
+
+def bench_search(ess, device, amp, cfg: BenchConfig) -> list[dict]:
+    """Seconds per NSS epoch (warmup and search) with the default config on CIFAR-10-sized synthetic data."""
+    n_train = 64 if cfg.quick else 50_000
+    images, labels = data_mod.synthetic_images(n_train + 10, image_size=ess.image_size)
+    mean, std = (images.float() / 255).mean((0, 2, 3)), (images.float() / 255).std((0, 2, 3))
+    data = data_mod.ImageData("synthetic", images[:n_train], labels[:n_train], images[n_train:], labels[n_train:], 10,
+                              mean, std).to(device)
+    search_cfg = nss.NSSConfig(dataset="synthetic", d_max=ess.d_max, w_max=ess.w_max, d_step=ess.d_step, w_step=ess.w_step,
+                               target=1.6e9 if not cfg.quick else 6e6, batch_size=cfg.search_batch, device=str(device),
+                               amp=amp, epochs=2, warmup_epochs=1, progress=False)
+    searcher = nss.Searcher(search_cfg, ess, Options.nss(ess), device)
+    searcher.attach(data)
+    full_steps = searcher.steps
+    if cfg.epoch_steps:
+        searcher.steps = min(cfg.epoch_steps, full_steps)
+    rows = []
+    for phase in ("warmup", "search"):
+        synchronize(device)
+        start = time.perf_counter()
+        searcher.train_epoch()
+        synchronize(device)
+        seconds = (time.perf_counter() - start) * full_steps / searcher.steps
+        rows.append(row(f"NSS {phase} epoch ({full_steps} steps of {cfg.search_batch}"
+                        f"{', scaled from ' + str(searcher.steps) if searcher.steps < full_steps else ''})",
+                        seconds, full_steps * cfg.search_batch * (1 if phase == "warmup" else 2)))
+    return rows
+
+
+def bench_eval(ess, device, amp, cfg: BenchConfig) -> list[dict]:
+    """Architectures per minute scored in the candidate space closest to 1.6 GF (2000 calibration, 10k test images)."""
+    target = 1.6e9 if not cfg.quick else 6e6
+    space = min((ess.space_at(i) for i in range(0, ess.num_spaces, max(1, ess.num_spaces // 4096))),
+                key=lambda s: abs(nss.space_flops(s, ess) / target - 1))
+    n_train, n_test = (2000, 10_000) if not cfg.quick else (32, 16)
+    images, labels = data_mod.synthetic_images(n_train + n_test, image_size=ess.image_size)
+    data = data_mod.ImageData("synthetic", images[:n_train], labels[:n_train], images[n_train:], labels[n_train:], 10,
+                              torch.full((3,), 0.5), torch.full((3,), 0.25)).to(device)
+    torch.manual_seed(0)
+    supernet = SuperNet(ess).to(device)
+    supernet = supernet.to(memory_format=torch.channels_last) if amp else supernet
+    archs = evaluate.sample_archs(space, cfg.eval_archs + 1, ess, torch.Generator().manual_seed(0))
+    evaluate.score_archs(supernet, archs[:1], data, calib_images=n_train, amp=amp, progress=False)   # warm-up
+    synchronize(device)
+    start = time.perf_counter()
+    evaluate.score_archs(supernet, archs[1:], data, calib_images=n_train, amp=amp, progress=False)
+    synchronize(device)
+    seconds = (time.perf_counter() - start) / cfg.eval_archs
+    return [{"name": f"score archs of {space} ({format_flops(nss.space_flops(space, ess))})",
+             "seconds": seconds, "archs_per_min": 60 / seconds, "img_per_s": (n_train + n_test) / seconds}]
+
+
+def bench_scratch(ess, device, amp, cfg: BenchConfig) -> list[dict]:
+    """From-scratch training of a ~1.6 GF architecture on an image folder: s/epoch and time to 90% / 93%."""
+    data = data_mod.load("folder", cfg.data_dir, device=device)
+    arch = arch_near(ess, 1.6e9) if not cfg.quick else Arch((1, 1, 1), (4, 4, 4))
+    scratch_cfg = evaluate.ScratchConfig(dataset="folder", data_dir=cfg.data_dir, device=str(device), amp=amp,
+                                         epochs=cfg.scratch_epochs, progress=False)
+    result = evaluate.train_from_scratch(arch, ess, data, scratch_cfg, seed=0)
+    reach = lambda acc: next((h["seconds"] for h in result["history"] if 100 - h["test_error"] >= acc), None)
+    return [{"name": f"from scratch {format_flops(arch_flops(arch, ess))} {arch}, {cfg.scratch_epochs} epochs",
+             "seconds": result["seconds"], "seconds_per_epoch": result["seconds"] / cfg.scratch_epochs,
+             "final_accuracy": 100 - result["error"], "seconds_to_90": reach(90.0), "seconds_to_93": reach(93.0)}]
+
+
+STEPS = 20
+
+
+def run(cfg: BenchConfig) -> dict:
+    global STEPS
+    STEPS = cfg.steps
+    device = nss.resolve_device(cfg.device)
+    amp = device.type == "cuda"
+    ess = ExpandedSearchSpace() if not cfg.quick else ExpandedSearchSpace(d_max=4, w_max=16, d_step=2, w_step=4)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    sections = {}
+    for name, fn in (("plain", lambda: bench_plain(ess, device, amp, cfg.batch_sizes)),
+                     ("masked", lambda: bench_masked(ess, device, amp, cfg.batch_sizes)),
+                     ("sliced", lambda: bench_sliced(ess, device, amp, cfg.search_batch, cfg.arch_targets)),
+                     ("search", lambda: bench_search(ess, device, amp, cfg)),
+                     ("eval", lambda: bench_eval(ess, device, amp, cfg))):
+        sections[name] = fn()
+        print_rows(sections[name])
+    if cfg.data_dir:
+        sections["scratch"] = bench_scratch(ess, device, amp, cfg)
+        print_rows(sections["scratch"])
+    result = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+              else (platform.processor() or platform.machine()), "date": datetime.date.today().isoformat(),
+              "torch": torch.__version__, "amp": amp, "quick": cfg.quick, "sections": sections}
+    nss.write_json(Path(cfg.out), result)
+    return result
+
+
+def print_rows(rows: list[dict]):
+    for r in rows:
+        parts = [f"{r['name']:<70s}"]
+        for key, fmt in (("img_per_s", "{:>10,.0f} img/s"), ("tflops", "{:>8.1f} TFLOP/s"), ("archs_per_min", "{:>8.1f} archs/min"),
+                         ("seconds_per_epoch", "{:>8.1f} s/epoch"), ("seconds_to_93", "to 93%: {} s")):
+            if r.get(key) is not None:
+                parts.append(fmt.format(r[key]))
+        if "img_per_s" not in r or "NSS" in r["name"]:
+            parts.append(f"{r['seconds']:.3f} s")
+        print("  ".join(parts), flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds on a CPU (the tests run this)")
+    parser.add_argument("--data-dir", default="", help="an image-folder copy of CIFAR-10 for the from-scratch benchmark")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per step benchmark")
+    parser.add_argument("--epoch-steps", type=int, default=None, help="time this many steps of an NSS epoch and scale up")
+    parser.add_argument("--scratch-epochs", type=int, default=None)
+    parser.add_argument("--out", default="bench.json")
+    args = parser.parse_args(argv)
+    cfg = quick_config(args.device) if args.quick else BenchConfig(device=args.device)
+    cfg.data_dir, cfg.out = args.data_dir, args.out
+    for name in ("steps", "epoch_steps", "scratch_epochs"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    nss.cli(main)
