@@ -356,6 +356,8 @@ def train_from_scratch(arch: Arch, ess: ExpandedSearchSpace, data: data_mod.Imag
                              data_mod.make_generator(device, seed), cutout=cfg.cutout, channels_last=amp)
     _, test_x, test_y = eval_tensors(data, 0, None, seed, channels_last=amp)
     history, start, step = [], time.time(), 0
+    # one fixed network: let cuDNN pick the fastest kernels (the supernets' changing shapes must not)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     for epoch in tqdm(range(cfg.epochs), desc=f"scratch seed {seed}", leave=False, disable=not cfg.progress):
         net.train()
         for x, y in loader:
@@ -366,6 +368,7 @@ def train_from_scratch(arch: Arch, ess: ExpandedSearchSpace, data: data_mod.Imag
             with nss.autocast(device, amp):
                 error = test_error(net, test_x, test_y)
             history.append({"epoch": epoch + 1, "test_error": error, "seconds": time.time() - start})
+    torch.backends.cudnn.benchmark = False
     return {"seed": seed, "error": history[-1]["test_error"], "history": history, "seconds": time.time() - start}
 
 

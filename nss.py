@@ -546,8 +546,6 @@ def run_epochs(trainer, run_dir: Path, epochs: int, progress: bool, callback: Ca
 
     ``trainer`` has ``epoch``, ``train_epoch() -> record``, ``state_dict()`` and ``describe(record)``.
     """
-    if trainer.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     while trainer.epoch < epochs:
         record = trainer.train_epoch()
         write_atomic(run_dir / "checkpoint.pt", lambda p: torch.save(trainer.state_dict(), p))
