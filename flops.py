@@ -88,6 +88,20 @@ def space_flops(space: Space, ess: ExpandedSearchSpace) -> float:
     return float(_flops_polynomial(ess, d, w, w2))
 
 
+def candidate_flops(ess: ExpandedSearchSpace) -> torch.Tensor:
+    """FLOPs of every candidate space at once, float64 (num_spaces,), indexed like ``ess.space_at``."""
+    moments = OptionMoments.of(Options.nss(ess))
+    nd, nw, n = len(ess.depth_ranges), len(ess.width_ranges), ess.num_stages
+    d, w, w2 = [], [], []
+    for i in range(n):   # stage i varies along axis i of an (nd·nw,)*N grid; code = depth index·nw + width index
+        shape = [1] * n
+        shape[i] = nd * nw
+        d.append(moments.depth[i].repeat_interleave(nw).view(shape))
+        w.append(moments.width[i].repeat(nd).view(shape))
+        w2.append(moments.width_sq[i].repeat(nd).view(shape))
+    return _flops_polynomial(ess, d, w, w2).reshape(-1)
+
+
 def flops_range(options: Options, ess: ExpandedSearchSpace) -> tuple[float, float]:
     """Smallest and largest FLOPs of the spaces that ``options`` can form.
 

@@ -304,7 +304,8 @@ class Space:
         """``n`` uniform architectures as (n, N) depth and width tensors, by batched rejection."""
         got_d, got_w, have = [], [], 0
         for _ in range(10_000):
-            batch = max(2 * (n - have), 64) if ordering is None else max(40 * (n - have), 1024)
+            # ~1/36 of the space obeys an ordering; cap a draw at 2M rows (~100 MB)
+            batch = max(2 * (n - have), 64) if ordering is None else min(max(40 * (n - have), 1024), 2_000_000)
             d, w = self._uniform(generator, batch)
             keep = _ordered(d, ordering) & _ordered(w, ordering)
             got_d.append(d[keep])

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from flops import (OptionMoments, arch_flops, arch_params, batch_arch_flops, expected_flops, flops_loss,
-                   flops_range, space_flops)
+from flops import (OptionMoments, arch_flops, arch_params, batch_arch_flops, candidate_flops, expected_flops,
+                   flops_loss, flops_range, space_flops)
 from space import ExpandedSearchSpace, Options, Space
 from supernet import build
 
@@ -157,3 +157,14 @@ def test_flops_loss_and_range():
     d, w = all_archs(space)
     f = batch_arch_flops(d, w, REDUCED)
     assert flops_range(Options.nas(space), REDUCED) == (f.min().item(), f.max().item())
+
+
+def test_candidate_flops_in_index_order():
+    every = candidate_flops(REDUCED)
+    assert every.shape == (REDUCED.num_spaces,)
+    assert every.tolist() == pytest.approx([space_flops(s, REDUCED) for s in REDUCED.candidate_spaces()], rel=1e-12)
+    default = candidate_flops(DEFAULT)
+    g = torch.Generator().manual_seed(0)
+    for i in torch.randint(DEFAULT.num_spaces, (50,), generator=g).tolist():
+        assert default[i].item() == pytest.approx(space_flops(DEFAULT.space_at(i), DEFAULT), rel=1e-12)
+    assert (default.min().item(), default.max().item()) == pytest.approx(flops_range(Options.nss(DEFAULT), DEFAULT))
