@@ -3,8 +3,8 @@ the figures and Table 1.
 
     python evaluate.py supernet --space full                          # evaluation supernet (§4.2)
     python evaluate.py score --supernet runs/evalnet-cifar10-full-s0/supernet.pt \\
-                             --spaces full,runs/nss-cifar10-1.60GF-s0/result.json --n 1000
-    python evaluate.py scratch --arch runs/nas-cifar10-1.60GF-s0-full/nas.json --seeds 3   # Table 1
+                             --spaces full,runs/nss-cifar10-1.6GF-s0/result.json --n 1000
+    python evaluate.py scratch --arch runs/nas-cifar10-1.6GF-s0-full/nas.json --seeds 3   # Table 1
     python evaluate.py table --runs runs                              # Table 1, Markdown and CSV
     python evaluate.py --quick                                        # all of it, synthetic data
 
@@ -121,7 +121,8 @@ class SupernetConfig(RunConfig):
     space: str = option("full", "space to train over: 'full', an NSS result.json or a space JSON")
     epochs: int = option(30, "epochs over the whole training set")
     batch_size: int = option(256, "batch size")
-    lr: float = option(0.2, "SGD learning rate (cosine schedule)")
+    lr: float = option(0.2, "peak SGD learning rate")
+    warmup_epochs: float = option(1.0, "linear learning-rate warmup, then cosine decay")
     momentum: float = option(0.9, "SGD Nesterov momentum")
     weight_decay: float = option(5e-4, "SGD weight decay")
     label_smoothing: float = option(0.0, "label smoothing")
@@ -133,7 +134,7 @@ class SupernetConfig(RunConfig):
     def check(self):
         super().check()
         self.check_numbers(at_least_one=("epochs", "batch_size"), positive=("lr",),
-                           non_negative=("momentum", "weight_decay", "label_smoothing", "cutout"))
+                           non_negative=("warmup_epochs", "momentum", "weight_decay", "label_smoothing", "cutout"))
 
     def default_name(self) -> str:
         return f"evalnet-{self.dataset}-{nas.space_label(self.space)}-s{self.seed}"
@@ -171,12 +172,13 @@ class SupernetTrainer:
 
     def train_epoch(self) -> dict:
         start, total = time.time(), self.cfg.epochs * len(self.loader)
+        warmup = int(self.cfg.warmup_epochs * len(self.loader))
         loss_sum = torch.zeros((), device=self.device)
         bar = tqdm(self.loader, desc=f"supernet epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
                    disable=not self.cfg.progress, dynamic_ncols=True)
         for x, y in bar:
             forwards = [lambda inp, a=a: self.supernet(inp, a) for a in self.archs()]
-            loss_sum += nss.train_step(forwards, self.opt, x, y, nss.cosine_lr(self.cfg.lr, self.step, total),
+            loss_sum += nss.train_step(forwards, self.opt, x, y, nss.cosine_lr(self.cfg.lr, self.step, total, warmup),
                                        self.amp, self.cfg.label_smoothing)
             self.step += 1
         record = {"epoch": self.epoch + 1, "loss": float(loss_sum) / len(self.loader), "seconds": time.time() - start}
@@ -262,7 +264,8 @@ def score_archs(supernet: SuperNet, archs: Sequence[Arch], data: data_mod.ImageD
     """Score architectures with shared weights: slice, recalibrate BN on ``calib_images`` training
     images (0: keep the supernet's statistics), and measure the test error (§4.2).
 
-    The supernet's BN statistics are restored afterwards.
+    Returns one dict per architecture, in order (repeats are scored once). The supernet's BN
+    statistics are restored afterwards.
     """
     device = next(supernet.parameters()).device
     amp = amp and device.type == "cuda"
@@ -270,20 +273,20 @@ def score_archs(supernet: SuperNet, archs: Sequence[Arch], data: data_mod.ImageD
     calib, test_x, test_y = eval_tensors(data, calib_images, test_images, seed, channels_last=amp)
     saved = {k: v.clone() for k, v in supernet.state_dict().items() if "running" in k or "num_batches" in k}
     was_training = supernet.training
-    scores = []
-    try:
-        for arch in tqdm(archs, desc="scoring", leave=False, disable=not progress, dynamic_ncols=True):
+    scores = {}
+    try:   # an architecture drawn twice is scored once
+        for arch in tqdm(list(dict.fromkeys(archs)), desc="scoring", leave=False, disable=not progress, dynamic_ncols=True):
             with nss.autocast(device, amp):
                 if calib_images:
                     recalibrate_bn(supernet, calib, arch=arch, batch_size=min(batch_size, 500))
                 supernet.eval()
                 error = test_error(lambda x: supernet(x, arch), test_x, test_y, batch_size)
-            scores.append({"arch": arch.to_dict(), "flops": arch_flops(arch, supernet.ess),
-                           "params": arch_params(arch, supernet.ess), "error": error})
+            scores[arch] = {"arch": arch.to_dict(), "flops": arch_flops(arch, supernet.ess),
+                            "params": arch_params(arch, supernet.ess), "error": error}
     finally:
         supernet.load_state_dict(saved, strict=False)
         supernet.train(was_training)
-    return scores
+    return [dict(scores[arch]) for arch in archs]
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,14 +335,6 @@ def load_arch(spec: str, ess: ExpandedSearchSpace) -> Arch:
         raise RunError(f"malformed architecture JSON in {spec}: {e}") from None
 
 
-def scratch_lr(cfg: ScratchConfig, step: int, steps_per_epoch: int) -> float:
-    """Linear warmup over ``warmup_epochs``, then cosine decay to 0."""
-    warmup, total = int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    return nss.cosine_lr(cfg.lr, step - warmup, total - warmup)
-
-
 def train_from_scratch(arch: Arch, ess: ExpandedSearchSpace, data: data_mod.ImageData, cfg: ScratchConfig,
                        seed: int) -> dict:
     """Train ``build(arch)`` from scratch with cutout; the final test error and its history."""
@@ -361,7 +356,8 @@ def train_from_scratch(arch: Arch, ess: ExpandedSearchSpace, data: data_mod.Imag
     for epoch in tqdm(range(cfg.epochs), desc=f"scratch seed {seed}", leave=False, disable=not cfg.progress):
         net.train()
         for x, y in loader:
-            nss.train_step(net, opt, x, y, scratch_lr(cfg, step, len(loader)), amp, cfg.label_smoothing)
+            lr = nss.cosine_lr(cfg.lr, step, cfg.epochs * len(loader), int(cfg.warmup_epochs * len(loader)))
+            nss.train_step(net, opt, x, y, lr, amp, cfg.label_smoothing)
             step += 1
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             net.eval()
@@ -458,20 +454,16 @@ def table1(rows: list[dict]) -> tuple[str, str]:
 # Plots
 # --------------------------------------------------------------------------------------------
 
-def flops_tick(v: float) -> str:
-    """Axis label with three significant digits: 540MF, 8.1MF, 1.6GF."""
-    if v <= 0:
-        return "0"
-    return f"{v / 1e9:.3g}GF" if v >= 1e9 else f"{v / 1e6:.3g}MF"
-
-
 def flops_formatter():
+    """Axis ticks in MF/GF: 540MF, 8.1MF, 1.6GF."""
     from matplotlib.ticker import FuncFormatter
-    return FuncFormatter(lambda v, _: flops_tick(v))
+    return FuncFormatter(lambda v, _: format_flops(v))
 
 
-def group_color(label: str, i: int) -> str:
-    """The paper's colours for its two groups (blue full space, orange Elite Space); others cycle after them."""
+def group_color(label: str, i: int, colors: dict | None = None) -> str:
+    """``colors[label]`` if given; else the paper's blue (full space) and orange (Elite Space); others cycle after them."""
+    if colors and label in colors:
+        return colors[label]
     return {"Expanded Search Space": FULL_COLOR, "Elite Space": ELITE_COLOR}.get(label, f"C{i + 2}")
 
 
@@ -488,18 +480,20 @@ def save_figure(fig, path: str | Path) -> list[Path]:
 
 
 def plot_error_vs_flops(ax, groups: dict, target: float | None = None, pareto: bool = True, log_flops: bool = True,
-                        xmax: float | None = None, title: str | None = None, tolerance: float = 0.10):
+                        xmax: float | None = None, title: str | None = None, tolerance: float = 0.10,
+                        colors: dict | None = None):
     """Error vs FLOPs scatter of several groups (Figures 3, 4, 5a–c): label → list of score dicts.
 
-    Groups named like the paper's take its colours (Expanded Search Space blue, Elite Space orange).
+    Groups named like the paper's take its colours (Expanded Search Space blue, Elite Space orange),
+    unless ``colors`` maps labels to colours.
     The Pareto front of all points is drawn as a black line, the target as a dashed line in a ±10% band.
     """
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import MaxNLocator, NullFormatter
     all_f, all_e = [], []
     for i, (label, scores) in enumerate(groups.items()):
         f = [s["flops"] for s in scores if xmax is None or s["flops"] <= xmax]
         e = [s["error"] for s in scores if xmax is None or s["flops"] <= xmax]
-        ax.scatter(f, e, s=8, alpha=0.6, color=group_color(label, i), label=f"{label} ({len(f)})", linewidths=0)
+        ax.scatter(f, e, s=8, alpha=0.6, color=group_color(label, i, colors), label=f"{label} ({len(f)})", linewidths=0)
         all_f += f
         all_e += e
     if pareto and all_f:
@@ -510,6 +504,8 @@ def plot_error_vs_flops(ax, groups: dict, target: float | None = None, pareto: b
         ax.axvline(target, color="grey", ls="--", lw=1, label=f"target {format_flops(target)} ±{100 * tolerance:.0f}%")
     if log_flops:
         ax.set_xscale("log")
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(5))       # MF/GF labels are wide
     if xmax is not None:
         ax.set_xlim(0 if not log_flops else None, xmax)
     ax.xaxis.set_major_formatter(flops_formatter())
@@ -541,9 +537,11 @@ def plot_grid(panels: list[dict], path: str | Path | None = None, ncols: int = 3
     return fig
 
 
-def plot_flops_edfs(groups: dict, target: float, path: str | Path | None = None, tolerance: float = 0.10, title=None):
+def plot_flops_edfs(groups: dict, target: float, path: str | Path | None = None, tolerance: float = 0.10, title=None,
+                    colors: dict | None = None):
     """FLOPs EDFs of the sampled architectures within ±10% of the target (Figure 5d): label → FLOPs list."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     fig, ax = plt.subplots(figsize=(5, 3.8))
     for i, (label, flops) in enumerate(groups.items()):
         kept = np.asarray(flops, dtype=float)[within(flops, target, tolerance)]
@@ -551,30 +549,34 @@ def plot_flops_edfs(groups: dict, target: float, path: str | Path | None = None,
         frac = len(kept) / max(1, len(flops))
         # scaled by the fraction within the band, so denser spaces reach higher
         ax.step(np.r_[target * (1 - tolerance), x, target * (1 + tolerance)], np.r_[0, y * frac, frac], where="post",
-                color=group_color(label, i), label=f"{label} ({len(kept)}/{len(flops)} within)")
+                color=group_color(label, i, colors), label=f"{label} ({len(kept)}/{len(flops)} within)")
     ax.set_xlim(target * (1 - tolerance), target * (1 + tolerance))
+    ax.xaxis.set_major_locator(MaxNLocator(5))
     ax.xaxis.set_major_formatter(flops_formatter())
     ax.set_xlabel("FLOPs (multiply-accumulates)")
     ax.set_ylabel("fraction of all samples with FLOPs ≤ x")
     ax.set_title(title or f"FLOPs EDF within ±{100 * tolerance:.0f}% of {format_flops(target)}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    if len(groups) > 4:   # many curves: keep the legend off them
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+    else:
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     if path is not None:
         save_figure(fig, path)
     return fig
 
 
-def plot_error_edfs(panels: list[tuple[str, dict]], path: str | Path | None = None):
-    """Error EDFs F(e) (Figure 6): one panel per (title, {label: errors})."""
+def plot_error_edfs(panels: list[tuple[str, dict]], path: str | Path | None = None, colors: dict | None = None):
+    """Error EDFs F(e) (Figure 6): one panel per (title, {label: errors}); the i-th label is C{i} unless in ``colors``."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
     for ax, (title, groups) in zip(axes.flat, panels):
         for i, (label, errors) in enumerate(groups.items()):
             x, y = edf(errors)
-            ax.step(x, y, where="post", color=f"C{i}", label=f"{label} (n={len(errors)})")
+            ax.step(x, y, where="post", color=(colors or {}).get(label, f"C{i}"), label=f"{label} (n={len(errors)})")
         ax.set_xlabel("Top-1 error (%)")
-        ax.set_ylabel("cumulative prob.")
+        ax.set_ylabel("F(e): fraction of networks with error ≤ e")
         ax.set_ylim(0, 1)
         ax.set_title(title)
         ax.grid(alpha=0.3)

@@ -155,8 +155,10 @@ def flops_loss(flops, target: float):
 
 
 def format_flops(flops: float) -> str:
-    """600000000 → '600MF', 1.6e9 → '1.60GF' (the paper's units, footnote 1)."""
-    return f"{flops / 1e9:.2f}GF" if flops >= 1e9 else f"{flops / 1e6:.0f}MF"
+    """In the paper's units (footnote 1), three significant digits: 6e8 → '600MF', 1.6e9 → '1.6GF', 1.25e6 → '1.25MF'."""
+    if flops <= 0:
+        return "0"
+    return f"{flops / 1e9:.3g}GF" if flops >= 1e9 else f"{flops / 1e6:.3g}MF"
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """FBNetV2-style differentiable NAS inside a network space (§4.3, §4.4), and its command line.
 
-    python nas.py --space runs/nss-cifar10-1.60GF-s0/result.json --target 1.6e9   # inside an Elite Space
+    python nas.py --space runs/nss-cifar10-1.6GF-s0/result.json --target 1.6e9   # inside an Elite Space
     python nas.py --space full --target 1.6e9                                     # the baseline
     python nas.py --quick                                                         # offline demo
 

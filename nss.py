@@ -304,9 +304,11 @@ def train_step(forwards: Callable | Sequence[Callable], optimizer: torch.optim.O
     return total / len(forwards)
 
 
-def cosine_lr(base: float, step: int, total: int) -> float:
-    """Cosine decay from ``base`` to 0 over ``total`` steps."""
-    return 0.5 * base * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+def cosine_lr(base: float, step: int, total: int, warmup: int = 0) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay from ``base`` to 0 at step ``total``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return 0.5 * base * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / max(1, total - warmup)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -177,3 +177,10 @@ def test_theta_step_task_gradient_reaches_alpha_and_beta():
         assert p.grad is not None and p.grad.abs().max() > 0
         assert not torch.equal(p.detach(), b)
     assert all(p.grad is None for p in searcher.supernet.parameters())   # only Θ's gradients are computed
+
+
+def test_learning_rate_schedule():
+    assert [round(nss.cosine_lr(1.0, s, 10), 6) for s in (0, 5, 10, 12)] == [1.0, 0.5, 0.0, 0.0]
+    # linear warmup to the peak, then a cosine from the peak to 0 over the remaining steps
+    assert [nss.cosine_lr(0.4, s, 12, warmup=4) for s in range(4)] == [0.1, 0.2, 0.30000000000000004, 0.4]
+    assert nss.cosine_lr(0.4, 4, 12, warmup=4) == 0.4 and nss.cosine_lr(0.4, 8, 12, warmup=4) == pytest.approx(0.2)
