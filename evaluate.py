@@ -409,10 +409,11 @@ def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.Ima
 # Table 1
 # --------------------------------------------------------------------------------------------
 
-def table_rows(runs_dir: str | Path) -> list[dict]:
-    """Table 1's rows from every nas.json under ``runs_dir`` (with the scratch.json beside it, if any)."""
+def table_rows(runs_dir: str | Path, match: str = "*") -> list[dict]:
+    """Table 1's rows from every nas.json under ``runs_dir`` whose run folder matches the glob ``match``
+    (with the scratch.json beside it, if any)."""
     rows: dict = defaultdict(dict)
-    for path in sorted(Path(runs_dir).rglob("nas.json")):
+    for path in sorted(p for p in Path(runs_dir).rglob("nas.json") if p.parent.match(match)):
         r = json.loads(path.read_text())
         scratch = path.parent / "scratch.json"
         error = json.loads(scratch.read_text())["mean"] if scratch.exists() else None
@@ -443,7 +444,8 @@ def table1(rows: list[dict]) -> tuple[str, str]:
         present = [r[kind] for r in rows if r.get(kind)]
         dev, samples, err = (mean([c[k] for c in present]) for k in ("deviation", "samples", "error"))
         avg += ["–", "–", "–"] if not present else [f"N/A ({100 * dev:.1f}%)", f"{samples:.1f}", fmt_err(err)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    md_head = [h.replace("|", "\\|") for h in head]          # "(|Δ%|)" must not split a Markdown cell
+    lines = ["| " + " | ".join(md_head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in body + [avg]]
     buf = io.StringIO()
     csv.writer(buf).writerows([head] + body + [avg])
@@ -481,14 +483,14 @@ def save_figure(fig, path: str | Path) -> list[Path]:
 
 def plot_error_vs_flops(ax, groups: dict, target: float | None = None, pareto: bool = True, log_flops: bool = True,
                         xmax: float | None = None, title: str | None = None, tolerance: float = 0.10,
-                        colors: dict | None = None):
+                        colors: dict | None = None, legend_loc: str = "best"):
     """Error vs FLOPs scatter of several groups (Figures 3, 4, 5a–c): label → list of score dicts.
 
     Groups named like the paper's take its colours (Expanded Search Space blue, Elite Space orange),
     unless ``colors`` maps labels to colours.
     The Pareto front of all points is drawn as a black line, the target as a dashed line in a ±10% band.
     """
-    from matplotlib.ticker import MaxNLocator, NullFormatter
+    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
     all_f, all_e = [], []
     for i, (label, scores) in enumerate(groups.items()):
         f = [s["flops"] for s in scores if xmax is None or s["flops"] <= xmax]
@@ -509,13 +511,19 @@ def plot_error_vs_flops(ax, groups: dict, target: float | None = None, pareto: b
     if xmax is not None:
         ax.set_xlim(0 if not log_flops else None, xmax)
     ax.xaxis.set_major_formatter(flops_formatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    lo, hi = ax.get_xlim()
+    if log_flops and lo > 0 and hi / lo < 300:           # under ~2.5 decades: label 2× and 5× as well
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2, 5)))
+        ax.xaxis.set_minor_formatter(flops_formatter())
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+    else:
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("FLOPs (multiply-accumulates)")
     ax.set_ylabel("Top-1 error (%)")
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc=legend_loc, framealpha=0.85)
     return ax
 
 
@@ -648,6 +656,7 @@ class TableConfig:
     """Table 1 from the NAS runs (and their from-scratch errors) found under a folder."""
 
     runs: str = option("runs", "folder searched for nas.json (and scratch.json beside them)")
+    match: str = option("*", "only run folders whose name matches this glob, e.g. 'nas-cifar10-*'")
     out: str = option("table1", "output stem: writes <out>.md and <out>.csv")
 
     def check(self):
@@ -656,9 +665,9 @@ class TableConfig:
 
 
 def run_table(cfg: TableConfig) -> str:
-    rows = table_rows(cfg.runs)
+    rows = table_rows(cfg.runs, cfg.match)
     if not rows:
-        raise RunError(f"no nas.json under {cfg.runs}: run nas.py first")
+        raise RunError(f"no nas.json under {cfg.runs} in folders matching {cfg.match!r}: run nas.py first")
     markdown, csv_text = table1(rows)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -128,7 +128,10 @@ def test_table1_by_hand():
     lines = markdown.strip().splitlines()
     assert lines[2] == "| CX 600MF | 571MF (4.7%) | 5 | 4.57 | 658MF (9.7%) | 117 | 6.08 |"
     assert lines[-1] == "| Average | N/A (3.5%) | 5.0 | 4.28 | N/A (5.4%) | 81.0 | 5.21 |"
-    assert csv_text.splitlines()[0].startswith("Complexity,Elite Space FLOPs")
+    assert csv_text.splitlines()[0].startswith("Complexity,Elite Space FLOPs (|Δ%|)")
+    # a valid Markdown table: every row has as many cells as the delimiter row
+    cells = lambda line: len(line.replace("\\|", "").strip("|").split("|"))
+    assert len({cells(line) for line in lines}) == 1 and "FLOPs (\\|Δ%\\|)" in lines[0]
     assert len(csv_text.strip().splitlines()) == 4
 
 
