@@ -722,28 +722,33 @@ def quick(out: str | Path = "runs/eval-quick", progress: bool = False, targets=(
     return summary
 
 
-COMMANDS = {"supernet": (SupernetConfig, lambda c: train_supernet(c)[1]["supernet"]),
+def scratch_summary(cfg: ScratchConfig) -> str:
+    r = run_scratch(cfg)
+    return f"{Arch.from_dict(r['arch'])}: error {r['mean']:.2f} ± {r['std']:.2f}% over {len(r['errors'])} seeds"
+
+
+COMMANDS = {"supernet": (SupernetConfig, lambda c: f"supernet written to {train_supernet(c)[1]['supernet']}"),
             "score": (ScoreConfig, lambda c: f"scores of {', '.join(run_score(c)['spaces'])} written"),
-            "scratch": (ScratchConfig, lambda c: (lambda r: f"{r['arch']}: error {r['mean']:.2f} ± {r['std']:.2f}% "
-                                                  f"over {len(r['errors'])} seeds")(run_scratch(c))),
+            "scratch": (ScratchConfig, scratch_summary),
             "table": (TableConfig, run_table)}
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in COMMANDS:
-        cls, action = COMMANDS[argv[0]]
-        print(action(nss.parse_config(cls, argv[1:], description=f"evaluate.py {argv[0]}: {cls.__doc__}")))
-        return 0
-    if argv and argv[0] not in ("--quick", "--quick-out") and not argv[0].startswith("-h"):
-        raise RunError(f"unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)} or --quick")
-    if "--quick" in argv:
+    if argv == ["--quick"]:
         summary = quick()
         print(summary["table1"])
         print("figures:", *summary["figures"], sep="\n  ")
         return 0
-    print(__doc__)
-    return 0 if argv else 2
+    if argv and argv[0] in COMMANDS:
+        cls, action = COMMANDS[argv[0]]
+        print(action(nss.parse_config(cls, argv[1:], description=f"evaluate.py {argv[0]}: {cls.__doc__}")))
+        return 0
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
+    raise RunError(f"{'unknown command ' + repr(argv[0]) if argv else 'no command'}: give one of "
+                   f"{', '.join(COMMANDS)}, or --quick alone (see --help)")
 
 
 if __name__ == "__main__":

@@ -183,10 +183,13 @@ def test_cli_quick_runs_every_protocol(tmp_path):
     (["scratch"], "--arch is required"),
     (["table", "--runs", "nowhere"], "not a folder"),
     (["frobnicate"], "unknown command"),
+    ([], "no command"),
+    (["--quick", "--epochs", "3"], "unknown command"),
     (["supernet", "--epochs", "0"], "at least 1"),
 ])
 def test_cli_rejects_bad_input_with_one_line(tmp_path, args, message):
-    proc = run_cli(*args, "--dataset", "synthetic", cwd=tmp_path) if args[0] in ("score", "scratch", "supernet") else run_cli(*args, cwd=tmp_path)
+    extra = ["--dataset", "synthetic"] if args[:1] in (["score"], ["scratch"], ["supernet"]) else []
+    proc = run_cli(*args, *extra, cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
 
