@@ -29,8 +29,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import data as data_mod
 import evaluate
-import nss
-from flops import arch_flops, format_flops
+import runs
+from flops import arch_flops, flops_range, format_flops, space_flops
+from search import SearchSettings, Searcher, train_step
 from space import Arch, ExpandedSearchSpace, Options
 from supernet import SuperNet, build
 
@@ -62,7 +63,7 @@ def synchronize(device: torch.device):
 
 
 def timed(fn, steps: int, device: torch.device, warmup: int = 2) -> float:
-    """Median-free simple timing: seconds per call of ``fn`` after ``warmup`` calls (device-synchronised)."""
+    """Seconds per call of ``fn``, averaged over ``steps`` calls after ``warmup`` (device-synchronised)."""
     for _ in range(warmup):
         fn()
     synchronize(device)
@@ -97,7 +98,7 @@ def row(name: str, seconds: float, images: int, flops: int | None = None, **extr
 # The benchmarks
 # --------------------------------------------------------------------------------------------
 
-def bench_plain(ess, device, amp, sizes) -> list[dict]:
+def bench_plain(ess, device, amp, sizes, steps) -> list[dict]:
     """The anchor: a standalone network's SGD step (no masks, no slicing), with cudnn.benchmark as measured."""
     rows = []
     torch.backends.cudnn.benchmark = device.type == "cuda"
@@ -106,22 +107,21 @@ def bench_plain(ess, device, amp, sizes) -> list[dict]:
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     for n in sizes:
         x, y = batch(n, ess, device, amp)
-        step = lambda: nss.train_step(net, opt, x, y, 0.01, amp)
-        rows.append(row(f"plain largest network, batch {n}", timed(step, STEPS, device), n, counted_flops(step)))
+        step = lambda: train_step(net, opt, x, y, 0.01, amp)
+        rows.append(row(f"plain largest network, batch {n}", timed(step, steps, device), n, counted_flops(step)))
     torch.backends.cudnn.benchmark = False   # the supernet's shapes change every step: autotuning would dominate
     return rows
 
 
-def bench_masked(ess, device, amp, sizes) -> list[dict]:
+def bench_masked(ess, device, amp, sizes, steps) -> list[dict]:
     """NSS's Θ step on the full space from uniform Θ: nothing is truncated, the whole supernet runs."""
     rows = []
-    cfg = nss.NSSConfig(dataset="synthetic", d_max=ess.d_max, w_max=ess.w_max, d_step=ess.d_step, w_step=ess.w_step,
-                        target=nss.flops_range(Options.nss(ess), ess)[1] / 2, device=str(device), amp=amp)
-    searcher = nss.Searcher(cfg, ess, Options.nss(ess), device)
+    settings = SearchSettings(target=flops_range(Options.nss(ess), ess)[1] / 2)
+    searcher = Searcher(settings, ess, Options.nss(ess), device, amp)
     for n in sizes:
         x, y = batch(n, ess, device, amp)
-        step = lambda: searcher.theta_step(x, y, tau=5.0)
-        rows.append(row(f"masked Θ step, full space, batch {n}", timed(step, STEPS, device), n, counted_flops(step)))
+        step = lambda: searcher.theta_step(x, y, tau=5.0, target=settings.target, lam=settings.lam)
+        rows.append(row(f"masked Θ step, full space, batch {n}", timed(step, steps, device), n, counted_flops(step)))
     return rows
 
 
@@ -131,7 +131,7 @@ def arch_near(ess: ExpandedSearchSpace, target: float, seed: int = 0) -> Arch:
     return evaluate.sample_archs(ess.full_space(), 1, ess, g, flops_band=(0.95 * target, 1.05 * target))[0]
 
 
-def bench_sliced(ess, device, amp, batch_size, targets, big_batch) -> list[dict]:
+def bench_sliced(ess, device, amp, batch_size, targets, big_batch, steps) -> list[dict]:
     rows = []
     torch.manual_seed(0)
     supernet = SuperNet(ess).to(device)
@@ -141,23 +141,19 @@ def bench_sliced(ess, device, amp, batch_size, targets, big_batch) -> list[dict]
     for target, n in cases:
         arch = arch_near(ess, target)
         x, y = batch(n, ess, device, amp)
-        step = lambda: nss.train_step(lambda inp: supernet(inp, arch), opt, x, y, 0.01, amp)
+        step = lambda: train_step(lambda inp: supernet(inp, arch), opt, x, y, 0.01, amp)
         rows.append(row(f"sliced weight step {format_flops(arch_flops(arch, ess))} {arch}, batch {n}",
-                        timed(step, STEPS, device), n, counted_flops(step)))
+                        timed(step, steps, device), n, counted_flops(step)))
     return rows
 
 
 def bench_search(ess, device, amp, cfg: BenchConfig) -> list[dict]:
     """Seconds per NSS epoch (warmup and search) with the default config on CIFAR-10-sized synthetic data."""
-    n_train = 64 if cfg.quick else 50_000
-    images, labels = data_mod.synthetic_images(n_train + 10, image_size=ess.image_size)
-    mean, std = (images.float() / 255).mean((0, 2, 3)), (images.float() / 255).std((0, 2, 3))
-    data = data_mod.ImageData("synthetic", images[:n_train], labels[:n_train], images[n_train:], labels[n_train:], 10,
-                              mean, std).to(device)
-    search_cfg = nss.NSSConfig(dataset="synthetic", d_max=ess.d_max, w_max=ess.w_max, d_step=ess.d_step, w_step=ess.w_step,
-                               target=1.6e9 if not cfg.quick else 6e6, batch_size=cfg.search_batch, device=str(device),
-                               amp=amp, epochs=2, warmup_epochs=1, progress=False)
-    searcher = nss.Searcher(search_cfg, ess, Options.nss(ess), device)
+    data = data_mod.load("synthetic", synthetic_train=64 if cfg.quick else 50_000, synthetic_test=10,
+                         image_size=ess.image_size, device=device)
+    settings = SearchSettings(target=1.6e9 if not cfg.quick else 6e6, batch_size=cfg.search_batch, epochs=2,
+                              warmup_epochs=1)
+    searcher = Searcher(settings, ess, Options.nss(ess), device, amp)
     searcher.attach(data)
     full_steps = searcher.steps
     if cfg.epoch_steps:
@@ -179,11 +175,10 @@ def bench_eval(ess, device, amp, cfg: BenchConfig) -> list[dict]:
     """Architectures per minute scored in the candidate space closest to 1.6 GF (2000 calibration, 10k test images)."""
     target = 1.6e9 if not cfg.quick else 6e6
     space = min((ess.space_at(i) for i in range(0, ess.num_spaces, max(1, ess.num_spaces // 4096))),
-                key=lambda s: abs(nss.space_flops(s, ess) / target - 1))
+                key=lambda s: abs(space_flops(s, ess) / target - 1))
     n_train, n_test = (2000, 10_000) if not cfg.quick else (32, 16)
-    images, labels = data_mod.synthetic_images(n_train + n_test, image_size=ess.image_size)
-    data = data_mod.ImageData("synthetic", images[:n_train], labels[:n_train], images[n_train:], labels[n_train:], 10,
-                              torch.full((3,), 0.5), torch.full((3,), 0.25)).to(device)
+    data = data_mod.load("synthetic", synthetic_train=n_train, synthetic_test=n_test, image_size=ess.image_size,
+                         device=device)
     torch.manual_seed(0)
     supernet = SuperNet(ess).to(device)
     supernet = supernet.to(memory_format=torch.channels_last) if amp else supernet
@@ -194,7 +189,7 @@ def bench_eval(ess, device, amp, cfg: BenchConfig) -> list[dict]:
     evaluate.score_archs(supernet, archs[1:], data, calib_images=n_train, amp=amp, progress=False)
     synchronize(device)
     seconds = (time.perf_counter() - start) / cfg.eval_archs
-    return [{"name": f"score archs of {space} ({format_flops(nss.space_flops(space, ess))})",
+    return [{"name": f"score archs of {space} ({format_flops(space_flops(space, ess))})",
              "seconds": seconds, "archs_per_min": 60 / seconds, "img_per_s": (n_train + n_test) / seconds}]
 
 
@@ -211,19 +206,14 @@ def bench_scratch(ess, device, amp, cfg: BenchConfig) -> list[dict]:
              "final_accuracy": 100 - result["error"], "seconds_to_90": reach(90.0), "seconds_to_93": reach(93.0)}]
 
 
-STEPS = 20
-
-
 def run(cfg: BenchConfig) -> dict:
-    global STEPS
-    STEPS = cfg.steps
-    device = nss.resolve_device(cfg.device)
+    device = runs.resolve_device(cfg.device)
     amp = device.type == "cuda"
-    ess = ExpandedSearchSpace() if not cfg.quick else ExpandedSearchSpace(d_max=4, w_max=16, d_step=2, w_step=4)
+    ess = ExpandedSearchSpace() if not cfg.quick else ExpandedSearchSpace.reduced()
     sections = {}
-    for name, fn in (("plain", lambda: bench_plain(ess, device, amp, cfg.batch_sizes)),
-                     ("masked", lambda: bench_masked(ess, device, amp, cfg.batch_sizes)),
-                     ("sliced", lambda: bench_sliced(ess, device, amp, cfg.search_batch, cfg.arch_targets, cfg.big_batch)),
+    for name, fn in (("plain", lambda: bench_plain(ess, device, amp, cfg.batch_sizes, cfg.steps)),
+                     ("masked", lambda: bench_masked(ess, device, amp, cfg.batch_sizes, cfg.steps)),
+                     ("sliced", lambda: bench_sliced(ess, device, amp, cfg.search_batch, cfg.arch_targets, cfg.big_batch, cfg.steps)),
                      ("search", lambda: bench_search(ess, device, amp, cfg)),
                      ("eval", lambda: bench_eval(ess, device, amp, cfg))):
         sections[name] = fn()
@@ -234,7 +224,7 @@ def run(cfg: BenchConfig) -> dict:
     result = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
               else (platform.processor() or platform.machine()), "date": datetime.date.today().isoformat(),
               "torch": torch.__version__, "amp": amp, "quick": cfg.quick, "sections": sections}
-    nss.write_json(Path(cfg.out), result)
+    runs.write_json(Path(cfg.out), result)
     return result
 
 
@@ -270,4 +260,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    nss.cli(main)
+    runs.cli(main)

@@ -1,5 +1,4 @@
-"""The paper's evaluation protocols (§4.2–4.5): scores, from-scratch errors, EDFs, Pareto fronts,
-the figures and Table 1.
+"""The paper's evaluation protocols (§4.2–4.5): evaluation supernets, scores, from-scratch errors.
 
     python evaluate.py supernet --space full                          # evaluation supernet (§4.2)
     python evaluate.py score --supernet runs/evalnet-cifar10-full-s0/supernet.pt \\
@@ -13,17 +12,16 @@ the figures and Table 1.
   scored by slicing it out, recalibrating BN on ~2000 training images and measuring the test
   error (Figures 3–5).
 * From scratch: ``build(arch)`` trained with cutout over several seeds (Table 1).
-* EDFs follow pycls: F(e) = the fraction of models with error below e (Figures 5d and 6).
+
+EDFs, Pareto fronts, the figures and Table 1 are drawn by ``plots.py``; ``python evaluate.py
+--quick`` runs the demo of ``demo.py``.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import sys
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -34,13 +32,13 @@ from tqdm.auto import tqdm
 
 import data as data_mod
 import nas
-import nss
-from flops import arch_flops, arch_params, batch_arch_flops, format_flops
-from nss import RunConfig, RunError, option
+import plots
+import runs
+from flops import arch_flops, arch_params, batch_arch_flops
+from runs import RunError, RunSettings, option
+from search import SGDSettings, autocast, cosine_lr, train_step
 from space import Arch, ExpandedSearchSpace, Space
 from supernet import SuperNet, build, recalibrate_bn
-
-FULL_COLOR, ELITE_COLOR = "tab:blue", "tab:orange"     # the paper's blue and orange dots
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,68 +71,37 @@ def sample_archs(space: Space, n: int, ess: ExpandedSearchSpace, generator: torc
 
 
 # --------------------------------------------------------------------------------------------
-# Analysis: Pareto fronts and EDFs
-# --------------------------------------------------------------------------------------------
-
-def pareto_front(flops: Sequence[float], errors: Sequence[float]) -> list[int]:
-    """Indices of the points no other point beats in both FLOPs and error, by increasing FLOPs."""
-    order = sorted(range(len(flops)), key=lambda i: (flops[i], errors[i]))
-    front, best = [], math.inf
-    for i in order:
-        if errors[i] < best:
-            front.append(i)
-            best = errors[i]
-    return front
-
-
-def edf(values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """The empirical distribution function as steps: sorted values x and F(x) = fraction ≤ x."""
-    x = np.sort(np.asarray(values, dtype=float))
-    return x, np.arange(1, len(x) + 1) / max(1, len(x))
-
-
-def edf_at(values: Sequence[float], points: Sequence[float]) -> np.ndarray:
-    """pycls' error EDF [23]: F(e) = fraction of models with error < e, at each point e."""
-    x = np.sort(np.asarray(values, dtype=float))
-    return np.searchsorted(x, np.asarray(points, dtype=float), side="left") / max(1, len(x))
-
-
-def within(flops: Sequence[float], target: float, tolerance: float = 0.10) -> np.ndarray:
-    """Mask of FLOPs within ±tolerance of the target (Table 1's and Figure 5d's criterion)."""
-    return np.abs(np.asarray(flops, dtype=float) - target) <= tolerance * target
-
-
-def median_error_within(scores: list[dict], target: float, tolerance: float = 0.10) -> float:
-    """Median error of the scored architectures within ±tolerance of the target (nan if none)."""
-    errors = [s["error"] for s, ok in zip(scores, within([s["flops"] for s in scores], target, tolerance)) if ok]
-    return float(np.median(errors)) if errors else float("nan")
-
-
-# --------------------------------------------------------------------------------------------
 # Supernet-based evaluation (§4.2)
 # --------------------------------------------------------------------------------------------
 
 @dataclass
-class SupernetConfig(RunConfig):
+class TrainSettings(SGDSettings):
+    """Training on the whole training set: epochs, batch, the learning-rate schedule and regularisation."""
+
+    epochs: int = option(30, "epochs over the whole training set")
+    batch_size: int = option(256, "batch size")
+    lr_warmup_epochs: float = option(1.0, "linear learning-rate warmup (epochs), then cosine decay")
+    label_smoothing: float = option(0.0, "label smoothing")
+    cutout: int = option(0, "cutout size (0: off)")
+
+    def check_training(self: RunSettings):
+        self.check_numbers(at_least_one=("epochs", "batch_size"), positive=("lr",),
+                           non_negative=("lr_warmup_epochs", "momentum", "weight_decay", "label_smoothing", "cutout"))
+
+
+@dataclass
+class SupernetConfig(RunSettings, TrainSettings):
     """Training of an evaluation supernet, separate from the search's (§4.2)."""
 
     space: str = option("full", "space to train over: 'full', an NSS result.json or a space JSON")
-    epochs: int = option(30, "epochs over the whole training set")
-    batch_size: int = option(256, "batch size")
-    lr: float = option(0.2, "peak SGD learning rate")
-    warmup_epochs: float = option(1.0, "linear learning-rate warmup, then cosine decay")
-    momentum: float = option(0.9, "SGD Nesterov momentum")
-    weight_decay: float = option(5e-4, "SGD weight decay")
-    label_smoothing: float = option(0.0, "label smoothing")
+    lr: float = option(0.2)
     sandwich: bool = option(False, "sandwich rule: each step also trains the space's largest and smallest network")
-    cutout: int = option(0, "cutout size (0: off)")
 
-    QUICK = {**RunConfig.QUICK, "epochs": 6, "batch_size": 64, "lr": 0.1}
+    QUICK = {**RunSettings.QUICK, "epochs": 6, "batch_size": 64, "lr": 0.1}
 
     def check(self):
         super().check()
-        self.check_numbers(at_least_one=("epochs", "batch_size"), positive=("lr",),
-                           non_negative=("warmup_epochs", "momentum", "weight_decay", "label_smoothing", "cutout"))
+        self.check_training()
 
     def default_name(self) -> str:
         return f"evalnet-{self.dataset}-{nas.space_label(self.space)}-s{self.seed}"
@@ -150,8 +117,7 @@ class SupernetTrainer:
         self.supernet = SuperNet(ess).to(device)
         if self.amp:
             self.supernet = self.supernet.to(memory_format=torch.channels_last)
-        self.opt = torch.optim.SGD(self.supernet.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                   nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
+        self.opt = cfg.sgd(self.supernet.parameters())
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.data_gen = data_mod.make_generator(device, cfg.seed + 1)
         self.epoch, self.step, self.history, self.seconds = 0, 0, [], 0.0
@@ -172,14 +138,14 @@ class SupernetTrainer:
 
     def train_epoch(self) -> dict:
         start, total = time.time(), self.cfg.epochs * len(self.loader)
-        warmup = int(self.cfg.warmup_epochs * len(self.loader))
+        warmup = int(self.cfg.lr_warmup_epochs * len(self.loader))
         loss_sum = torch.zeros((), device=self.device)
         bar = tqdm(self.loader, desc=f"supernet epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
                    disable=not self.cfg.progress, dynamic_ncols=True)
         for x, y in bar:
             forwards = [lambda inp, a=a: self.supernet(inp, a) for a in self.archs()]
-            loss_sum += nss.train_step(forwards, self.opt, x, y, nss.cosine_lr(self.cfg.lr, self.step, total, warmup),
-                                       self.amp, self.cfg.label_smoothing)
+            loss_sum += train_step(forwards, self.opt, x, y, cosine_lr(self.cfg.lr, self.step, total, warmup),
+                                   self.amp, self.cfg.label_smoothing)
             self.step += 1
         record = {"epoch": self.epoch + 1, "loss": float(loss_sum) / len(self.loader), "seconds": time.time() - start}
         self.history.append(record)
@@ -187,16 +153,22 @@ class SupernetTrainer:
         self.seconds += record["seconds"]
         return record
 
+    def fit(self, on_epoch: Callable | None = None):
+        """Epochs up to ``cfg.epochs`` (from where a resumed state stands); ``on_epoch(trainer, record)`` after each."""
+        while self.epoch < self.cfg.epochs:
+            record = self.train_epoch()
+            if on_epoch is not None:
+                on_epoch(self, record)
+        return self
+
     def describe(self, record: dict) -> str:
         return f"supernet epoch {record['epoch']:3d}/{self.cfg.epochs} loss {record['loss']:.3f} {record['seconds']:.1f}s"
 
     def state_dict(self) -> dict:
-        return {"config": self.cfg.to_dict(), "device_type": self.device.type, "epoch": self.epoch, "step": self.step,
-                "history": self.history, "seconds": self.seconds, "supernet": self.supernet.state_dict(),
+        return {"epoch": self.epoch, "step": self.step, "history": self.history, "seconds": self.seconds, "supernet": self.supernet.state_dict(),
                 "opt": self.opt.state_dict(), "gen": self.gen.get_state(), "data_gen": self.data_gen.get_state()}
 
     def load_state_dict(self, state: dict):
-        nss.check_same_settings(self.cfg, state, self.device)
         self.supernet.load_state_dict(state["supernet"])
         self.opt.load_state_dict(state["opt"])
         self.gen.set_state(state["gen"])
@@ -207,29 +179,24 @@ class SupernetTrainer:
 def train_supernet(cfg: SupernetConfig, data: data_mod.ImageData | None = None, callback=None) -> tuple[SuperNet, dict]:
     """Train (or resume) an evaluation supernet; writes runs/<name>/{config.json,supernet.pt,train.json}."""
     cfg.check()
-    num_classes = data.num_classes if data is not None else data_mod.num_classes_of(cfg.dataset, cfg.data_dir)
-    ess = cfg.ess(num_classes)
+    ess = cfg.ess_for(data)
     space = nas.load_space(cfg.space, ess)
-    run_dir = nss.check_run_dir(cfg, cfg.default_name())
-    device = nss.resolve_device(cfg.device)
-    data = nss.load_data(cfg, ess, device) if data is None else data.to(device)
+    run_dir = runs.check_run_dir(cfg, cfg.default_name())
+    device = runs.resolve_device(cfg.device)
+    data = runs.load_data(cfg, ess, device) if data is None else data.to(device)
     trainer = SupernetTrainer(cfg, ess, space, device)
-    if cfg.resume:
-        trainer.load_state_dict(nss.load_checkpoint(run_dir / "checkpoint.pt"))
-    trainer.attach(data)
-    nss.write_run_config(run_dir, cfg, ess, device)
-    nss.run_epochs(trainer, run_dir, cfg.epochs, cfg.progress, callback)
-    nss.write_atomic(run_dir / "supernet.pt", lambda p: torch.save({"ess": ess.to_dict(), "space": space.to_dict(),
+    runs.train_run(trainer, cfg, run_dir, ess, data, device, callback)
+    runs.write_atomic(run_dir / "supernet.pt", lambda p: torch.save({"ess": ess.to_dict(), "space": space.to_dict(),
                                                                     "state": trainer.supernet.state_dict()}, p))
     result = {"space": space.to_dict(), "ess": ess.to_dict(), "dataset": cfg.dataset, "history": trainer.history,
               "seconds": trainer.seconds, "supernet": str(run_dir / "supernet.pt")}
-    nss.write_json(run_dir / "train.json", result)
+    runs.write_json(run_dir / "train.json", result)
     return trainer.supernet, result
 
 
 def load_supernet(path: str | Path, device="cpu") -> SuperNet:
     """A supernet saved by ``train_supernet``."""
-    state = nss.load_checkpoint(Path(path))
+    state = runs.load_checkpoint(Path(path))
     try:
         net = SuperNet(ExpandedSearchSpace.from_dict(state["ess"]))
         net.load_state_dict(state["state"])
@@ -276,7 +243,7 @@ def score_archs(supernet: SuperNet, archs: Sequence[Arch], data: data_mod.ImageD
     scores = {}
     try:   # an architecture drawn twice is scored once
         for arch in tqdm(list(dict.fromkeys(archs)), desc="scoring", leave=False, disable=not progress, dynamic_ncols=True):
-            with nss.autocast(device, amp):
+            with autocast(device, amp):
                 if calib_images:
                     recalibrate_bn(supernet, calib, arch=arch, batch_size=min(batch_size, 500))
                 supernet.eval()
@@ -294,27 +261,26 @@ def score_archs(supernet: SuperNet, archs: Sequence[Arch], data: data_mod.ImageD
 # --------------------------------------------------------------------------------------------
 
 @dataclass
-class ScratchConfig(RunConfig):
+class ScratchConfig(RunSettings, TrainSettings):
     """From-scratch training of one architecture over several seeds (Table 1, cutout [4])."""
 
     arch: str = option("", "a nas.json, an architecture JSON file, or inline JSON {\"depths\": [...], \"widths\": [...]}")
     seeds: int = option(3, "independent runs (the paper: 3)")
-    epochs: int = option(60, "epochs")
-    batch_size: int = option(512, "batch size")
-    lr: float = option(0.4, "peak SGD learning rate")
-    warmup_epochs: float = option(2.0, "linear learning-rate warmup, then cosine decay")
-    momentum: float = option(0.9, "SGD Nesterov momentum")
-    weight_decay: float = option(5e-4, "SGD weight decay")
-    label_smoothing: float = option(0.1, "label smoothing")
+    epochs: int = option(60)
+    batch_size: int = option(512)
+    lr: float = option(0.4)
+    lr_warmup_epochs: float = option(2.0)
+    label_smoothing: float = option(0.1)
     cutout: int = option(16, "cutout size [4]")
     eval_every: int = option(1, "test every this many epochs (history for time-to-accuracy)")
 
-    QUICK = {**RunConfig.QUICK, "seeds": 2, "epochs": 3, "batch_size": 64, "lr": 0.1, "warmup_epochs": 0.5, "cutout": 8}
+    QUICK = {**RunSettings.QUICK, "seeds": 2, "epochs": 3, "batch_size": 64, "lr": 0.1, "lr_warmup_epochs": 0.5,
+             "cutout": 8}
 
     def check(self):
         super().check()
-        self.check_numbers(at_least_one=("seeds", "epochs", "batch_size", "eval_every"), positive=("lr",),
-                           non_negative=("warmup_epochs", "momentum", "weight_decay", "label_smoothing", "cutout"))
+        self.check_training()
+        self.check_numbers(at_least_one=("seeds", "eval_every"))
 
     def default_name(self) -> str:
         return f"scratch-{self.dataset}-s{self.seed}"
@@ -338,15 +304,14 @@ def load_arch(spec: str, ess: ExpandedSearchSpace) -> Arch:
 def train_from_scratch(arch: Arch, ess: ExpandedSearchSpace, data: data_mod.ImageData, cfg: ScratchConfig,
                        seed: int) -> dict:
     """Train ``build(arch)`` from scratch with cutout; the final test error and its history."""
-    device = nss.resolve_device(cfg.device)
+    device = runs.resolve_device(cfg.device)
     amp = cfg.amp and device.type == "cuda"
     data = data.to(device)
     torch.manual_seed(seed)
     net = build(arch, ess).to(device)
     if amp:
         net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                          weight_decay=cfg.weight_decay)
+    opt = cfg.sgd(net.parameters())
     loader = data_mod.Loader(data.train_x, data.train_y, data.mean, data.std, min(cfg.batch_size, len(data.train_y)),
                              data_mod.make_generator(device, seed), cutout=cfg.cutout, channels_last=amp)
     _, test_x, test_y = eval_tensors(data, 0, None, seed, channels_last=amp)
@@ -356,12 +321,12 @@ def train_from_scratch(arch: Arch, ess: ExpandedSearchSpace, data: data_mod.Imag
     for epoch in tqdm(range(cfg.epochs), desc=f"scratch seed {seed}", leave=False, disable=not cfg.progress):
         net.train()
         for x, y in loader:
-            lr = nss.cosine_lr(cfg.lr, step, cfg.epochs * len(loader), int(cfg.warmup_epochs * len(loader)))
-            nss.train_step(net, opt, x, y, lr, amp, cfg.label_smoothing)
+            lr = cosine_lr(cfg.lr, step, cfg.epochs * len(loader), int(cfg.lr_warmup_epochs * len(loader)))
+            train_step(net, opt, x, y, lr, amp, cfg.label_smoothing)
             step += 1
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             net.eval()
-            with nss.autocast(device, amp):
+            with autocast(device, amp):
                 error = test_error(net, test_x, test_y)
             history.append({"epoch": epoch + 1, "test_error": error, "seconds": time.time() - start})
     torch.backends.cudnn.benchmark = False
@@ -375,8 +340,7 @@ def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.Ima
     With an ``--arch`` nas.json the result goes beside it, so that ``table`` pairs them.
     """
     cfg.check()
-    num_classes = data.num_classes if data is not None else data_mod.num_classes_of(cfg.dataset, cfg.data_dir)
-    ess = cfg.ess(num_classes)
+    ess = cfg.ess_for(data)
     if arch is None and not cfg.arch:
         raise RunError("--arch is required: a nas.json, an architecture JSON file or inline JSON")
     arch = arch or load_arch(cfg.arch, ess)
@@ -384,215 +348,25 @@ def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.Ima
         beside_nas = cfg.arch.endswith("nas.json") and not cfg.name
         run_dir = Path(cfg.arch).parent if beside_nas else Path(cfg.out) / (cfg.name or cfg.default_name())
     out = run_dir / "scratch.json"
-    runs = []
+    trained = []
     if out.exists() and not cfg.overwrite:
         previous = json.loads(out.read_text())
         if not cfg.resume:
             raise RunError(f"{out} exists: pass --resume to finish its seeds or --overwrite to replace it")
         if previous["arch"] != arch.to_dict():
             raise RunError(f"{out} holds another architecture; use --overwrite or another --name")
-        runs = previous["runs"]
-    data = nss.load_data(cfg, ess) if data is None else data
+        trained = previous["runs"]
+    data = runs.load_data(cfg, ess) if data is None else data
     run_dir.mkdir(parents=True, exist_ok=True)
     result = {}
-    for seed in range(cfg.seed + len(runs), cfg.seed + cfg.seeds):
-        runs.append(train_from_scratch(arch, ess, data, cfg, seed))
-        errors = [r["error"] for r in runs]
+    for seed in range(cfg.seed + len(trained), cfg.seed + cfg.seeds):
+        trained.append(train_from_scratch(arch, ess, data, cfg, seed))
+        errors = [r["error"] for r in trained]
         result = {"arch": arch.to_dict(), "flops": arch_flops(arch, ess), "params": arch_params(arch, ess),
                   "dataset": cfg.dataset, "errors": errors, "mean": float(np.mean(errors)),
-                  "std": float(np.std(errors)), "runs": runs, "config": cfg.to_dict()}
-        nss.write_json(out, result)
+                  "std": float(np.std(errors)), "runs": trained, "config": cfg.to_dict()}
+        runs.write_json(out, result)
     return result or json.loads(out.read_text())
-
-
-# --------------------------------------------------------------------------------------------
-# Table 1
-# --------------------------------------------------------------------------------------------
-
-def table_rows(runs_dir: str | Path, match: str = "*") -> list[dict]:
-    """Table 1's rows from every nas.json under ``runs_dir`` whose run folder matches the glob ``match``
-    (with the scratch.json beside it, if any)."""
-    rows: dict = defaultdict(dict)
-    for path in sorted(p for p in Path(runs_dir).rglob("nas.json") if p.parent.match(match)):
-        r = json.loads(path.read_text())
-        scratch = path.parent / "scratch.json"
-        error = json.loads(scratch.read_text())["mean"] if scratch.exists() else None
-        kind = "full" if r["space_source"] == "full" else "elite"
-        rows[(r["dataset"], r["target"])][kind] = {"flops": r["flops"], "deviation": r["deviation"],
-                                                    "samples": r["samples"], "error": error}
-    return [{"dataset": ds, "target": t, **cells} for (ds, t), cells in sorted(rows.items())]
-
-
-def table1(rows: list[dict]) -> tuple[str, str]:
-    """Table 1 as (Markdown, CSV): FLOPs (|Δ%|), #samples and error per target, Elite vs Expanded, plus averages."""
-    kinds = (("elite", "Elite Space"), ("full", "Expanded Search Space"))
-    head = ["Complexity"] + [f"{name} {col}" for _, name in kinds for col in ("FLOPs (|Δ%|)", "#samples", "Error")]
-    fmt_err = lambda e: "–" if e is None else f"{e:.2f}"
-
-    def cells(cell):
-        if not cell:
-            return ["–", "–", "–"]
-        return [f"{format_flops(cell['flops'])} ({100 * cell['deviation']:.1f}%)", str(cell["samples"]), fmt_err(cell["error"])]
-
-    def mean(values):
-        values = [v for v in values if v is not None]
-        return sum(values) / len(values) if values else None
-
-    body = [[f"CX {format_flops(r['target'])}"] + cells(r.get("elite")) + cells(r.get("full")) for r in rows]
-    avg = ["Average"]
-    for kind, _ in kinds:
-        present = [r[kind] for r in rows if r.get(kind)]
-        dev, samples, err = (mean([c[k] for c in present]) for k in ("deviation", "samples", "error"))
-        avg += ["–", "–", "–"] if not present else [f"N/A ({100 * dev:.1f}%)", f"{samples:.1f}", fmt_err(err)]
-    md_head = [h.replace("|", "\\|") for h in head]          # "(|Δ%|)" must not split a Markdown cell
-    lines = ["| " + " | ".join(md_head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row) + " |" for row in body + [avg]]
-    buf = io.StringIO()
-    csv.writer(buf).writerows([head] + body + [avg])
-    return "\n".join(lines) + "\n", buf.getvalue()
-
-
-# --------------------------------------------------------------------------------------------
-# Plots
-# --------------------------------------------------------------------------------------------
-
-def flops_formatter():
-    """Axis ticks in MF/GF: 540MF, 8.1MF, 1.6GF."""
-    from matplotlib.ticker import FuncFormatter
-    return FuncFormatter(lambda v, _: format_flops(v))
-
-
-def group_color(label: str, i: int, colors: dict | None = None) -> str:
-    """``colors[label]`` if given; else the paper's blue (full space) and orange (Elite Space); others cycle after them."""
-    if colors and label in colors:
-        return colors[label]
-    return {"Expanded Search Space": FULL_COLOR, "Elite Space": ELITE_COLOR}.get(label, f"C{i + 2}")
-
-
-def save_figure(fig, path: str | Path) -> list[Path]:
-    """Write ``path``.png and ``path``.pdf atomically; returns the files."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files = []
-    for ext in ("png", "pdf"):
-        target = path.with_suffix(f".{ext}")
-        nss.write_atomic(target, lambda p: fig.savefig(p, format=ext, dpi=150, bbox_inches="tight"))
-        files.append(target)
-    return files
-
-
-def plot_error_vs_flops(ax, groups: dict, target: float | None = None, pareto: bool = True, log_flops: bool = True,
-                        xmax: float | None = None, title: str | None = None, tolerance: float = 0.10,
-                        colors: dict | None = None, legend_loc: str = "best"):
-    """Error vs FLOPs scatter of several groups (Figures 3, 4, 5a–c): label → list of score dicts.
-
-    Groups named like the paper's take its colours (Expanded Search Space blue, Elite Space orange),
-    unless ``colors`` maps labels to colours.
-    The Pareto front of all points is drawn as a black line, the target as a dashed line in a ±10% band.
-    """
-    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
-    all_f, all_e = [], []
-    for i, (label, scores) in enumerate(groups.items()):
-        f = [s["flops"] for s in scores if xmax is None or s["flops"] <= xmax]
-        e = [s["error"] for s in scores if xmax is None or s["flops"] <= xmax]
-        ax.scatter(f, e, s=8, alpha=0.6, color=group_color(label, i, colors), label=f"{label} ({len(f)})", linewidths=0)
-        all_f += f
-        all_e += e
-    if pareto and all_f:
-        front = pareto_front(all_f, all_e)
-        ax.step([all_f[i] for i in front], [all_e[i] for i in front], where="post", color="black", lw=1, label="Pareto front")
-    if target is not None:
-        ax.axvspan(target * (1 - tolerance), target * (1 + tolerance), color="grey", alpha=0.15, lw=0)
-        ax.axvline(target, color="grey", ls="--", lw=1, label=f"target {format_flops(target)} ±{100 * tolerance:.0f}%")
-    if log_flops:
-        ax.set_xscale("log")
-    else:
-        ax.xaxis.set_major_locator(MaxNLocator(5))       # MF/GF labels are wide
-    if xmax is not None:
-        ax.set_xlim(0 if not log_flops else None, xmax)
-    ax.xaxis.set_major_formatter(flops_formatter())
-    lo, hi = ax.get_xlim()
-    if log_flops and lo > 0 and hi / lo < 300:           # under ~2.5 decades: label 2× and 5× as well
-        ax.xaxis.set_minor_locator(LogLocator(subs=(2, 5)))
-        ax.xaxis.set_minor_formatter(flops_formatter())
-        ax.tick_params(axis="x", which="minor", labelsize=7)
-    else:
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("FLOPs (multiply-accumulates)")
-    ax.set_ylabel("Top-1 error (%)")
-    if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc=legend_loc, framealpha=0.85)
-    return ax
-
-
-def plot_grid(panels: list[dict], path: str | Path | None = None, ncols: int = 3, suptitle: str | None = None, **kw):
-    """A grid of error-vs-FLOPs panels; each panel is {"title", "groups", "target"} (Figures 3, 4 and 5a–c)."""
-    import matplotlib.pyplot as plt
-    ncols = min(ncols, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
-    for ax, panel in zip(axes.flat, panels):
-        plot_error_vs_flops(ax, panel["groups"], target=panel.get("target"), title=panel.get("title"), **kw)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
-    if suptitle:
-        fig.suptitle(suptitle)
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    return fig
-
-
-def plot_flops_edfs(groups: dict, target: float, path: str | Path | None = None, tolerance: float = 0.10, title=None,
-                    colors: dict | None = None):
-    """FLOPs EDFs of the sampled architectures within ±10% of the target (Figure 5d): label → FLOPs list."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-    fig, ax = plt.subplots(figsize=(5, 3.8))
-    for i, (label, flops) in enumerate(groups.items()):
-        kept = np.asarray(flops, dtype=float)[within(flops, target, tolerance)]
-        x, y = edf(kept)
-        frac = len(kept) / max(1, len(flops))
-        # scaled by the fraction within the band, so denser spaces reach higher
-        ax.step(np.r_[target * (1 - tolerance), x, target * (1 + tolerance)], np.r_[0, y * frac, frac], where="post",
-                color=group_color(label, i, colors), label=f"{label} ({len(kept)}/{len(flops)} within)")
-    ax.set_xlim(target * (1 - tolerance), target * (1 + tolerance))
-    ax.xaxis.set_major_locator(MaxNLocator(5))
-    ax.xaxis.set_major_formatter(flops_formatter())
-    ax.set_xlabel("FLOPs (multiply-accumulates)")
-    ax.set_ylabel("fraction of all samples with FLOPs ≤ x")
-    ax.set_title(title or f"FLOPs EDF within ±{100 * tolerance:.0f}% of {format_flops(target)}")
-    ax.grid(alpha=0.3)
-    if len(groups) > 4:   # many curves: keep the legend off them
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
-    else:
-        ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    return fig
-
-
-def plot_error_edfs(panels: list[tuple[str, dict]], path: str | Path | None = None, colors: dict | None = None):
-    """Error EDFs F(e) (Figure 6): one panel per (title, {label: errors}); the i-th label is C{i} unless in ``colors``."""
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
-    for ax, (title, groups) in zip(axes.flat, panels):
-        for i, (label, errors) in enumerate(groups.items()):
-            x, y = edf(errors)
-            ax.step(x, y, where="post", color=(colors or {}).get(label, f"C{i}"), label=f"{label} (n={len(errors)})")
-        ax.set_xlabel("Top-1 error (%)")
-        ax.set_ylabel("F(e): fraction of networks with error ≤ e")
-        ax.set_ylim(0, 1)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -600,7 +374,7 @@ def plot_error_edfs(panels: list[tuple[str, dict]], path: str | Path | None = No
 # --------------------------------------------------------------------------------------------
 
 @dataclass
-class ScoreConfig(RunConfig):
+class ScoreConfig(RunSettings):
     """Scoring N architectures from each of several spaces with an evaluation supernet."""
 
     supernet: str = option("", "supernet.pt written by `evaluate.py supernet`")
@@ -628,14 +402,14 @@ class ScoreConfig(RunConfig):
 def run_score(cfg: ScoreConfig) -> dict:
     """Sample and score architectures from each space; writes runs/<name>/scores.json."""
     cfg.check()
-    device = nss.resolve_device(cfg.device)
+    device = runs.resolve_device(cfg.device)
     supernet = load_supernet(cfg.supernet, device)
     ess = supernet.ess
     spaces = {spec: nas.load_space(spec, ess) for spec in cfg.spaces.split(",")}
     run_dir = Path(cfg.out) / (cfg.name or cfg.default_name())
     if (run_dir / "scores.json").exists() and not cfg.overwrite:
         raise RunError(f"{run_dir}/scores.json exists: pass --overwrite or another --name")
-    data = nss.load_data(cfg, ess, device)
+    data = runs.load_data(cfg, ess, device)
     band = (cfg.flops_min, cfg.flops_max or math.inf) if (cfg.flops_min or cfg.flops_max) else None
     g = torch.Generator().manual_seed(cfg.seed)
     result = {"dataset": cfg.dataset, "supernet": cfg.supernet, "ordering": cfg.ordering, "band": band, "spaces": {}}
@@ -647,7 +421,7 @@ def run_score(cfg: ScoreConfig) -> dict:
         print(f"{spec}: {len(scores)} architectures, median error {np.median([s['error'] for s in scores]):.2f}%",
               file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
-    nss.write_json(run_dir / "scores.json", result)
+    runs.write_json(run_dir / "scores.json", result)
     return result
 
 
@@ -665,61 +439,15 @@ class TableConfig:
 
 
 def run_table(cfg: TableConfig) -> str:
-    rows = table_rows(cfg.runs, cfg.match)
+    rows = plots.table_rows(cfg.runs, cfg.match)
     if not rows:
         raise RunError(f"no nas.json under {cfg.runs} in folders matching {cfg.match!r}: run nas.py first")
-    markdown, csv_text = table1(rows)
+    markdown, csv_text = plots.table1(rows)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    nss.write_atomic(out.with_suffix(".md"), lambda p: p.write_text(markdown))
-    nss.write_atomic(out.with_suffix(".csv"), lambda p: p.write_text(csv_text))
+    runs.write_atomic(out.with_suffix(".md"), lambda p: p.write_text(markdown))
+    runs.write_atomic(out.with_suffix(".csv"), lambda p: p.write_text(csv_text))
     return markdown
-
-
-# --------------------------------------------------------------------------------------------
-# --quick: every protocol end to end on synthetic data
-# --------------------------------------------------------------------------------------------
-
-def quick(out: str | Path = "runs/eval-quick", progress: bool = False, targets=(4e6, 9e6)) -> dict:
-    """Every protocol on a reduced space and synthetic data, in a few minutes on a laptop CPU."""
-    out = Path(out)
-    common = dict(dataset="synthetic", synthetic_size=2000, d_max=4, w_max=16, d_step=2, w_step=4,
-                  device="cpu", out=str(out), progress=progress, overwrite=True)
-    data = nss.load_data(nss.RunConfig(**common), ExpandedSearchSpace(d_max=4, w_max=16, d_step=2, w_step=4))
-    supernet, _ = train_supernet(SupernetConfig(**common, epochs=6, batch_size=64, lr=0.1), data)
-    ess = supernet.ess
-    g = torch.Generator().manual_seed(0)
-    score = lambda archs: score_archs(supernet, archs, data, calib_images=200, test_images=250, progress=progress)
-    full_scores = score(sample_archs(ess.full_space(), 60, ess, g))
-    scratch_cfg = ScratchConfig(**common, seeds=2, epochs=2, batch_size=64, lr=0.1, warmup_epochs=0.5, cutout=8)
-    panels, nas_flops = [], {}
-    for target in targets:
-        search = dict(common, target=target, epochs=6, warmup_epochs=2, arch_lr=0.05, tau_decay=0.7)
-        elite = nss.run(nss.NSSConfig(**search, name=f"nss-{format_flops(target)}"), data)
-        elite_scores = score(sample_archs(Space.from_dict(elite["elite_space"]), 60, ess, g))
-        panels.append({"title": f"target {format_flops(target)}", "target": target,
-                       "groups": {"Expanded Search Space": full_scores, "Elite Space": elite_scores}})
-        nas_flops[target] = {}
-        for label, spec in (("Elite Space", str(Path(elite["run_dir"]) / "result.json")), ("Expanded Search Space", "full")):
-            found = nas.run(nas.NASConfig(**dict(search, epochs=4, warmup_epochs=1), space=spec, max_samples=200,
-                                          name=f"nas-{format_flops(target)}-{nas.space_label(spec)}"), data)
-            nas_flops[target][label] = [arch_flops(a, ess) for a in nas.final_archs(found, 100)]
-            run_scratch(scratch_cfg, Arch.from_dict(found["arch"]), data, run_dir=Path(found["run_dir"]))
-    figures = out / "figures"
-    plot_grid(panels, figures / "error_vs_flops")
-    plot_flops_edfs(nas_flops[targets[-1]], targets[-1], figures / "flops_edf")
-    band = (0.7 * targets[0], 1.3 * targets[0])
-    principles = {f"{name}{' in band' if b else ''}": score(sample_archs(ess.full_space(), 60, ess, g, b, order))
-                  for name, order in (("RegNet principles", "regnet"), ("Elite ordering", "elite")) for b in (band, None)}
-    plot_error_edfs([("with FLOPs constraint", {k: [s["error"] for s in v] for k, v in principles.items() if "band" in k}),
-                     ("without FLOPs constraint", {k: [s["error"] for s in v] for k, v in principles.items() if "band" not in k})],
-                    figures / "error_edfs")
-    markdown = run_table(TableConfig(runs=str(out), out=str(out / "table1")))
-    summary = {"median_error_within": {p["title"]: {k: median_error_within(v, p["target"]) for k, v in p["groups"].items()}
-                                       for p in panels},
-               "table1": markdown, "figures": sorted(str(p) for p in figures.glob("*.png"))}
-    nss.write_json(out / "quick.json", summary)
-    return summary
 
 
 def scratch_summary(cfg: ScratchConfig) -> str:
@@ -736,13 +464,14 @@ COMMANDS = {"supernet": (SupernetConfig, lambda c: f"supernet written to {train_
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv == ["--quick"]:
-        summary = quick()
+        import demo      # the demo orchestrates every module; the library never needs it
+        summary = demo.evaluate_quick()
         print(summary["table1"])
         print("figures:", *summary["figures"], sep="\n  ")
         return 0
     if argv and argv[0] in COMMANDS:
         cls, action = COMMANDS[argv[0]]
-        print(action(nss.parse_config(cls, argv[1:], description=f"evaluate.py {argv[0]}: {cls.__doc__}")))
+        print(action(runs.parse_config(cls, argv[1:], description=f"evaluate.py {argv[0]}: {cls.__doc__}")))
         return 0
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
@@ -752,4 +481,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    nss.cli(main)
+    runs.cli(main)

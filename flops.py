@@ -138,7 +138,7 @@ class OptionMoments:
 
 def expected_flops(g_depth: Sequence[torch.Tensor], g_width: Sequence[torch.Tensor],
                    moments: OptionMoments, ess: ExpandedSearchSpace) -> torch.Tensor:
-    """F(g): FLOPs with each moment replaced by its g-weighted sum over options (§3.4, DESIGN §4).
+    """F(g): FLOPs with each moment replaced by its g-weighted sum over options (§3.4; a choice, see the README).
 
     ``g_depth[i]`` and ``g_width[i]`` are weights over stage i's options (Gumbel-softmax samples or
     probabilities). One-hot g gives exactly ``space_flops`` (range options) or ``arch_flops``

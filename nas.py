@@ -4,7 +4,7 @@
     python nas.py --space full --target 1.6e9                                     # the baseline
     python nas.py --quick                                                         # offline demo
 
-The search is NSS's (``nss.Searcher``: warmup, weight steps, Θ steps, τ schedule), with other
+The search is NSS's (``search.Searcher``: warmup, weight steps, Θ steps, τ schedule), with other
 options: every single depth and every single width of the space's ranges (512 widths per stage
 in the full space), so the masks are FBNetV2's channel masks over single widths.
 
@@ -22,14 +22,15 @@ from pathlib import Path
 import torch
 
 import data as data_mod
-import nss
+import runs
 from flops import arch_flops, format_flops
+from runs import RunError, SearchConfig, option
+from search import Searcher, Theta
 from space import Arch, ExpandedSearchSpace, Options, Space
-from nss import RunError, option
 
 
 @dataclass
-class NASConfig(nss.SearchConfig):
+class NASConfig(SearchConfig):
     """NAS settings: NSS's search settings plus the space and the sampling protocol of Table 1."""
 
     space: str = option("full", "'full', an NSS result.json (its Elite Space) or a space JSON file")
@@ -38,7 +39,7 @@ class NASConfig(nss.SearchConfig):
     max_samples: int = option(1000, "cap on samples for until-within")
     tolerance: float = option(0.10, "until-within stops at |FLOPs/target − 1| ≤ tolerance (±10%)")
 
-    QUICK = {**nss.SearchConfig.QUICK, "space": "full"}
+    QUICK = {**SearchConfig.QUICK, "space": "full"}
 
     def check(self):
         super().check()
@@ -85,9 +86,9 @@ def load_space(spec: str, ess: ExpandedSearchSpace) -> Space:
         raise RunError(f"malformed space JSON in {path}: {e}") from None
 
 
-def sample_final(searcher: nss.Searcher, protocol: str, n: int, max_samples: int, tolerance: float) -> dict:
+def sample_final(searcher: Searcher, protocol: str, n: int, max_samples: int, tolerance: float) -> dict:
     """Sample architectures from the final P_Θ by Table 1's protocol; count the samples."""
-    target, ess = searcher.cfg.target, searcher.ess
+    target, ess = searcher.settings.target, searcher.ess
     sampled = []
     limit = n if protocol == "best-of-n" else max_samples
     while len(sampled) < limit:
@@ -104,7 +105,7 @@ def sample_final(searcher: nss.Searcher, protocol: str, n: int, max_samples: int
 
 def final_archs(result: dict, n: int, seed: int = 0) -> list[Arch]:
     """n architectures sampled from a finished NAS run's final distribution (§4.4's samples)."""
-    theta = nss.Theta.from_probs(Options.nas(Space.from_dict(result["space"])), result["probs"])
+    theta = Theta.from_probs(Options.nas(Space.from_dict(result["space"])), result["probs"])
     g = torch.Generator().manual_seed(seed)
     return [theta.sample(g).as_arch() for _ in range(n)]
 
@@ -112,17 +113,13 @@ def final_archs(result: dict, n: int, seed: int = 0) -> list[Arch]:
 def run(cfg: NASConfig, data: data_mod.ImageData | None = None, callback=None) -> dict:
     """NAS end to end: writes runs/<name>/{config,nas}.json and returns the result."""
     cfg.check()
-    num_classes = data.num_classes if data is not None else data_mod.num_classes_of(cfg.dataset, cfg.data_dir)
-    ess = cfg.ess(num_classes)
+    ess = cfg.ess_for(data)
     space = load_space(cfg.space, ess)
-    options = Options.nas(space)
-    nss.check_target(cfg.target, options, ess, f"the architectures of {space}")
-    run_dir = nss.check_run_dir(cfg, cfg.default_name())
-    data = nss.load_data(cfg, ess) if data is None else data
     finish = lambda s: sample_final(s, cfg.protocol(), cfg.n_samples, cfg.max_samples, cfg.tolerance)
-    result = nss.run_search(cfg, options, ess, run_dir, finish, data, callback)
-    result |= {"space": space.to_dict(), "space_source": cfg.space, "run_dir": str(run_dir)}
-    nss.write_json(run_dir / "nas.json", result)
+    result = runs.run_search(cfg, ess, Options.nas(space), f"the architectures of {space}", cfg.default_name(),
+                             finish, data, callback)
+    result |= {"space": space.to_dict(), "space_source": cfg.space}
+    runs.write_json(Path(result["run_dir"]) / "nas.json", result)
     return result
 
 
@@ -136,10 +133,10 @@ def summary(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    cfg = nss.parse_config(NASConfig, argv, description=__doc__.split("\n\n")[0])
+    cfg = runs.parse_config(NASConfig, argv, description=__doc__.split("\n\n")[0])
     print(summary(run(cfg)))
     return 0
 
 
 if __name__ == "__main__":
-    nss.cli(main)
+    runs.cli(main)

@@ -27,6 +27,10 @@ import torch
 
 Range = tuple[int, int]
 
+# The reduced space of the tests, the --quick demos and the smoke-scale notebooks: ≤ 4 blocks of
+# ≤ 16 channels per stage, ranges of 2 depths and 4 widths, (2·4)^3 = 512 candidate spaces.
+REDUCED = dict(d_max=4, w_max=16, d_step=2, w_step=4)
+
 # The §4.5 orderings, as the order in which stage values must be non-decreasing.
 ORDERINGS: dict[str, tuple[int, ...]] = {
     "regnet": (0, 1, 2),  # d1 ≤ d2 ≤ d3 and w1 ≤ w2 ≤ w3, the design principles of RegNet [23]
@@ -42,8 +46,8 @@ ORDERINGS: dict[str, tuple[int, ...]] = {
 class ExpandedSearchSpace:
     """Every parameter of the Expanded Search Space (§3.2) with the paper's defaults (§4.1).
 
-    The stem width, the strides and the image size are choices of ours (DESIGN.md §3):
-    the paper defers them to its unavailable supplementary material.
+    The stem width, the strides and the image size are choices of ours (README, "Choices the
+    paper leaves open"): the paper defers them to its unavailable supplementary material.
     """
 
     num_stages: int = 3
@@ -70,6 +74,11 @@ class ExpandedSearchSpace:
                              f"w_step={self.w_step} must divide w_max={self.w_max}")
         if len(self.strides) != self.num_stages or min(self.strides) < 1:
             raise ValueError(f"need {self.num_stages} positive strides, got {self.strides}")
+
+    @classmethod
+    def reduced(cls, **overrides) -> ExpandedSearchSpace:
+        """The reduced space ``REDUCED`` (4 blocks, 16 channels, 512 candidate spaces) for tests and demos."""
+        return cls(**{**REDUCED, **overrides})
 
     # ---- geometry -----------------------------------------------------------------------
     @property
@@ -316,12 +325,7 @@ class Space:
         raise ValueError(f"{self} has (almost) no architectures under the ordering {ordering!r}")
 
     def _uniform(self, generator: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        def draw(ranges):
-            lo = torch.tensor([r[0] for r in ranges])
-            span = torch.tensor([r[1] - r[0] + 1 for r in ranges])
-            u = torch.rand(n, len(ranges), generator=generator, dtype=torch.float64)
-            return lo + (u * span).long().clamp_max(span - 1)
-        return draw(self.depths), draw(self.widths)
+        return uniform_in(self.depths, generator, n), uniform_in(self.widths, generator, n)
 
     def to_dict(self) -> dict:
         return {"depths": [list(r) for r in self.depths], "widths": [list(r) for r in self.widths]}
@@ -337,6 +341,14 @@ class Space:
         return json.dumps(self.to_dict())
 
     from_json = from_dict
+
+
+def uniform_in(ranges: Sequence[Range], generator: torch.Generator, n: int) -> torch.Tensor:
+    """(n, K) integers, column k uniform on the inclusive range ``ranges[k]``: the one uniform sampler."""
+    lo = torch.tensor([r[0] for r in ranges])
+    span = torch.tensor([r[1] - r[0] + 1 for r in ranges])
+    u = torch.rand(n, len(ranges), generator=generator, dtype=torch.float64)
+    return lo + (u * span).long().clamp_max(span - 1)
 
 
 def _ordered(values: torch.Tensor, ordering: str | None) -> torch.Tensor:
@@ -393,6 +405,12 @@ class Options:
         """The smallest space holding every option."""
         return Space(depths=tuple((o[0][0], o[-1][1]) for o in self.depths),
                      widths=tuple((o[0][0], o[-1][1]) for o in self.widths))
+
+    def draw_values(self, generator: torch.Generator) -> tuple[list[list[int]], list[list[int]]]:
+        """One depth and one width drawn uniformly inside every option of every stage (the Θ step, §3.3):
+        ``(depth_values, width_values)`` with ``depth_values[i][k]`` inside ``depths[i][k]``."""
+        draw = lambda per_stage: [uniform_in(ranges, generator, 1)[0].tolist() for ranges in per_stage]
+        return draw(self.depths), draw(self.widths)
 
     def space(self, depth_idx: Sequence[int], width_idx: Sequence[int]) -> Space:
         """The space made of option ``depth_idx[i]`` and ``width_idx[i]`` in every stage."""

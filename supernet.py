@@ -12,7 +12,7 @@
       Σ_k g^d_k·(output after d_k blocks). Gradients reach the option weights g.
 * ``recalibrate_bn``: re-estimates BN statistics for one architecture (§4.2's evaluation).
 
-Shortcut (choice, DESIGN §3): the first block of every stage always has a 1×1 conv + BN
+Shortcut (a choice, README "Choices the paper leaves open"): the first block of every stage always has a 1×1 conv + BN
 projection and all other blocks use the identity. pycls adds the projection only when the
 shapes differ; always having it keeps weight sharing uniform and FLOPs one polynomial.
 

@@ -13,7 +13,7 @@ from space import ExpandedSearchSpace, Options, Space
 from supernet import build
 
 DEFAULT = ExpandedSearchSpace()
-REDUCED = ExpandedSearchSpace(d_max=4, w_max=16, d_step=2, w_step=4)
+REDUCED = ExpandedSearchSpace.reduced()
 
 
 def counted_macs(model, ess, device="meta"):

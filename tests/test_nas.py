@@ -9,7 +9,7 @@ import torch
 
 import nas
 from flops import arch_flops, space_flops
-from space import Arch, ExpandedSearchSpace, Space
+from space import REDUCED, Arch, ExpandedSearchSpace, Space
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOPS_ONLY = dict(dataset="synthetic", synthetic_size=640, batch_size=64, task_loss=False, warmup_epochs=0,
@@ -42,7 +42,7 @@ def test_flops_only_nas_in_an_elite_like_space_needs_at_most_5_samples(tmp_path)
 @pytest.mark.parametrize("target", [3e6, 8e6])
 def test_samples_in_the_full_reduced_space_are_counted(tmp_path, target):
     """Until-within sampling in the full reduced space: the count is measured, whatever it is."""
-    cfg = nas.NASConfig(**FLOPS_ONLY, target=target, epochs=10, space="full", d_max=4, w_max=16, d_step=2, w_step=4,
+    cfg = nas.NASConfig(**FLOPS_ONLY, target=target, epochs=10, space="full", **REDUCED,
                         max_samples=200, out=str(tmp_path), name=f"t{target:g}")
     result = nas.run(cfg)
     devs = [abs(f / target - 1) for f in result["sampled_flops"]]

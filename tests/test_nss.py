@@ -1,4 +1,4 @@
-"""nss.py: the search steers, runs, resumes exactly, and its CLI fails cleanly on bad input."""
+"""nss.py and search.py: the search steers, runs, resumes exactly, and its CLI fails cleanly on bad input."""
 import json
 import subprocess
 import sys
@@ -9,11 +9,13 @@ import torch
 
 import data as data_mod
 import nss
+import runs
+import search
 from flops import space_flops
-from space import ExpandedSearchSpace, Options, Space
+from space import REDUCED, ExpandedSearchSpace, Options, Space
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(dataset="synthetic", synthetic_size=256, d_max=4, w_max=16, d_step=2, w_step=4, target=6e6,
+TINY = dict(dataset="synthetic", synthetic_size=256, **REDUCED, target=6e6,
             batch_size=32, progress=False)
 
 
@@ -98,12 +100,12 @@ def test_resume_is_exact(tmp_path):
 
 def test_resume_refuses_other_settings_and_corrupt_checkpoints(tmp_path):
     nss.run(tiny_cfg(tmp_path, epochs=2, warmup_epochs=1, name="a"))
-    with pytest.raises(nss.RunError, match="other settings"):
+    with pytest.raises(runs.RunError, match="other settings"):
         nss.run(tiny_cfg(tmp_path, epochs=2, warmup_epochs=1, name="a", resume=True, lam=2.0))
-    with pytest.raises(nss.RunError, match="already holds a run"):
+    with pytest.raises(runs.RunError, match="already holds a run"):
         nss.run(tiny_cfg(tmp_path, epochs=2, warmup_epochs=1, name="a"))
     (tmp_path / "a" / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(nss.RunError, match="corrupt"):
+    with pytest.raises(runs.RunError, match="corrupt"):
         nss.run(tiny_cfg(tmp_path, epochs=2, warmup_epochs=1, name="a", resume=True))
 
 
@@ -120,7 +122,7 @@ def test_cli_quick_runs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Elite Space" in proc.stdout
     result = json.loads((tmp_path / "runs" / "nss-quick" / "result.json").read_text())
-    check_result_schema(result, nss.parse_config(nss.NSSConfig, ["--quick"]))
+    check_result_schema(result, runs.parse_config(nss.NSSConfig, ["--quick"]))
 
 
 @pytest.mark.slow
@@ -155,23 +157,23 @@ def test_cli_rejects_a_corrupt_checkpoint(tmp_path):
 
 
 def test_no_flags_means_the_paper_setting():
-    cfg = nss.parse_config(nss.NSSConfig, [])
+    cfg = runs.parse_config(nss.NSSConfig, [])
     assert (cfg.dataset, cfg.target, cfg.batch_size, cfg.n_samples) == ("cifar10", 1.6e9, 64, 5)
     assert cfg.ess(10) == ExpandedSearchSpace()
-    quick = nss.parse_config(nss.NSSConfig, ["--quick", "--epochs", "7"])
+    quick = runs.parse_config(nss.NSSConfig, ["--quick", "--epochs", "7"])
     assert quick.dataset == "synthetic" and quick.epochs == 7 and quick.d_max == 4
 
 
 # ---- 5. the Θ step is masked and differentiable ----------------------------------------------
 
 def test_theta_step_task_gradient_reaches_alpha_and_beta():
-    cfg = nss.NSSConfig(**{**TINY, "lam": 0.0})     # λ = 0: the gradient is the task loss's alone
-    ess = cfg.ess(10)
-    searcher = nss.Searcher(cfg, ess, Options.nss(ess), torch.device("cpu"))
+    settings = search.SearchSettings(target=6e6, batch_size=32)
+    ess = ExpandedSearchSpace.reduced()
+    searcher = search.Searcher(settings, ess, Options.nss(ess), torch.device("cpu"))
     d = data_mod.load("synthetic", synthetic_train=64, synthetic_test=8)
     x, y = data_mod.normalize(d.train_x[:32], d.mean, d.std), d.train_y[:32]
     before = [p.detach().clone() for p in searcher.theta.parameters()]
-    searcher.theta_step(x, y, tau=5.0)
+    searcher.theta_step(x, y, tau=5.0, target=6e6, lam=0.0)     # λ = 0: the gradient is the task loss's alone
     for p, b in zip(searcher.theta.parameters(), before):
         assert torch.all(b == 0)                      # from uniform logits
         assert p.grad is not None and p.grad.abs().max() > 0
@@ -180,7 +182,7 @@ def test_theta_step_task_gradient_reaches_alpha_and_beta():
 
 
 def test_learning_rate_schedule():
-    assert [round(nss.cosine_lr(1.0, s, 10), 6) for s in (0, 5, 10, 12)] == [1.0, 0.5, 0.0, 0.0]
+    assert [round(search.cosine_lr(1.0, s, 10), 6) for s in (0, 5, 10, 12)] == [1.0, 0.5, 0.0, 0.0]
     # linear warmup to the peak, then a cosine from the peak to 0 over the remaining steps
-    assert [nss.cosine_lr(0.4, s, 12, warmup=4) for s in range(4)] == [0.1, 0.2, 0.30000000000000004, 0.4]
-    assert nss.cosine_lr(0.4, 4, 12, warmup=4) == 0.4 and nss.cosine_lr(0.4, 8, 12, warmup=4) == pytest.approx(0.2)
+    assert [search.cosine_lr(0.4, s, 12, warmup=4) for s in range(4)] == [0.1, 0.2, 0.30000000000000004, 0.4]
+    assert search.cosine_lr(0.4, 4, 12, warmup=4) == 0.4 and search.cosine_lr(0.4, 8, 12, warmup=4) == pytest.approx(0.2)

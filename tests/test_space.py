@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from space import ORDERINGS, Arch, ExpandedSearchSpace, Options, Space
+from space import ORDERINGS, Arch, ExpandedSearchSpace, Options, Space, uniform_in
 
-TINY = ExpandedSearchSpace(d_max=4, w_max=16, d_step=2, w_step=4)
+TINY = ExpandedSearchSpace.reduced()
 
 
 def test_paper_defaults():
@@ -139,3 +139,25 @@ def test_as_arch():
     assert Space(((2, 2), (1, 1), (3, 3)), ((5, 5), (6, 6), (7, 7))).as_arch() == Arch((2, 1, 3), (5, 6, 7))
     with pytest.raises(ValueError, match="not one"):
         Space(((2, 3), (1, 1), (3, 3)), ((5, 5), (6, 6), (7, 7))).as_arch()
+
+
+def test_the_reduced_space_constructor():
+    assert ExpandedSearchSpace.reduced() == ExpandedSearchSpace(d_max=4, w_max=16, d_step=2, w_step=4)
+    assert ExpandedSearchSpace.reduced().num_spaces == 512
+    assert ExpandedSearchSpace.reduced(num_classes=100).num_classes == 100
+
+
+def test_options_draw_one_value_inside_every_option_with_the_one_uniform_sampler():
+    options = Options.nss(TINY)
+    depth_values, width_values = options.draw_values(torch.Generator().manual_seed(3))
+    for values, per_stage in ((depth_values, options.depths), (width_values, options.widths)):
+        assert [len(v) for v in values] == [len(r) for r in per_stage]
+        assert all(lo <= v <= hi for vs, rs in zip(values, per_stage) for v, (lo, hi) in zip(vs, rs))
+    # the same random stream as the space sampler: stage by stage, depths first, one row each
+    g = torch.Generator().manual_seed(3)
+    expected_d = [uniform_in(r, g, 1)[0].tolist() for r in options.depths]
+    expected_w = [uniform_in(r, g, 1)[0].tolist() for r in options.widths]
+    assert (depth_values, width_values) == (expected_d, expected_w)
+    # uniform: every value of a range is drawn about equally often
+    counts = torch.bincount(uniform_in([(5, 8)], torch.Generator().manual_seed(0), 4000)[:, 0] - 5)
+    assert counts.tolist() and (counts - 1000).abs().max() < 120

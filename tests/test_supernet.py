@@ -8,7 +8,7 @@ from flops import arch_flops
 from space import Arch, ExpandedSearchSpace, Options, Space
 from supernet import SuperNet, build, recalibrate_bn
 
-ESS = ExpandedSearchSpace(d_max=4, w_max=16, d_step=2, w_step=4)
+ESS = ExpandedSearchSpace.reduced()
 
 
 def randomised_supernet(ess=ESS, seed=0, dtype=torch.float64):

@@ -1,0 +1,258 @@
+"""Plots and tables of the paper's evaluation (§4.2–4.5): Pareto fronts, EDFs, the figures, Table 1.
+
+Pure analysis and drawing, from scores and result files (lists of {"flops", "error", …} dicts,
+nas.json files): it imports only ``flops``, numpy and matplotlib, so it can be copied out alone.
+
+* EDFs follow pycls [23]: F(e) = the fraction of models with error below e (Figures 5d and 6).
+* Figures 3, 4 and 5a–c: error vs FLOPs scatters with the Pareto front and the target's ±10% band.
+* Table 1: FLOPs (|Δ%|), #samples and error per target, Elite Space vs Expanded Search Space.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from flops import format_flops
+
+FULL_COLOR, ELITE_COLOR = "tab:blue", "tab:orange"     # the paper's blue and orange dots
+
+
+# --------------------------------------------------------------------------------------------
+# Analysis: Pareto fronts and EDFs
+# --------------------------------------------------------------------------------------------
+
+def pareto_front(flops: Sequence[float], errors: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats in both FLOPs and error, by increasing FLOPs."""
+    order = sorted(range(len(flops)), key=lambda i: (flops[i], errors[i]))
+    front, best = [], math.inf
+    for i in order:
+        if errors[i] < best:
+            front.append(i)
+            best = errors[i]
+    return front
+
+
+def edf(values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The empirical distribution function as steps: sorted values x and F(x) = fraction ≤ x."""
+    x = np.sort(np.asarray(values, dtype=float))
+    return x, np.arange(1, len(x) + 1) / max(1, len(x))
+
+
+def edf_at(values: Sequence[float], points: Sequence[float]) -> np.ndarray:
+    """pycls' error EDF [23]: F(e) = fraction of models with error < e, at each point e."""
+    x = np.sort(np.asarray(values, dtype=float))
+    return np.searchsorted(x, np.asarray(points, dtype=float), side="left") / max(1, len(x))
+
+
+def within(flops: Sequence[float], target: float, tolerance: float = 0.10) -> np.ndarray:
+    """Mask of FLOPs within ±tolerance of the target (Table 1's and Figure 5d's criterion)."""
+    return np.abs(np.asarray(flops, dtype=float) - target) <= tolerance * target
+
+
+def median_error_within(scores: list[dict], target: float, tolerance: float = 0.10) -> float:
+    """Median error of the scored architectures within ±tolerance of the target (nan if none)."""
+    errors = [s["error"] for s, ok in zip(scores, within([s["flops"] for s in scores], target, tolerance)) if ok]
+    return float(np.median(errors)) if errors else float("nan")
+
+
+
+# --------------------------------------------------------------------------------------------
+# Table 1
+# --------------------------------------------------------------------------------------------
+
+def table_rows(runs_dir: str | Path, match: str = "*") -> list[dict]:
+    """Table 1's rows from every nas.json under ``runs_dir`` whose run folder matches the glob ``match``
+    (with the scratch.json beside it, if any)."""
+    rows: dict = defaultdict(dict)
+    for path in sorted(p for p in Path(runs_dir).rglob("nas.json") if p.parent.match(match)):
+        r = json.loads(path.read_text())
+        scratch = path.parent / "scratch.json"
+        error = json.loads(scratch.read_text())["mean"] if scratch.exists() else None
+        kind = "full" if r["space_source"] == "full" else "elite"
+        rows[(r["dataset"], r["target"])][kind] = {"flops": r["flops"], "deviation": r["deviation"],
+                                                    "samples": r["samples"], "error": error}
+    return [{"dataset": ds, "target": t, **cells} for (ds, t), cells in sorted(rows.items())]
+
+
+def table1(rows: list[dict]) -> tuple[str, str]:
+    """Table 1 as (Markdown, CSV): FLOPs (|Δ%|), #samples and error per target, Elite vs Expanded, plus averages."""
+    kinds = (("elite", "Elite Space"), ("full", "Expanded Search Space"))
+    head = ["Complexity"] + [f"{name} {col}" for _, name in kinds for col in ("FLOPs (|Δ%|)", "#samples", "Error")]
+    fmt_err = lambda e: "–" if e is None else f"{e:.2f}"
+
+    def cells(cell):
+        if not cell:
+            return ["–", "–", "–"]
+        return [f"{format_flops(cell['flops'])} ({100 * cell['deviation']:.1f}%)", str(cell["samples"]), fmt_err(cell["error"])]
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    body = [[f"CX {format_flops(r['target'])}"] + cells(r.get("elite")) + cells(r.get("full")) for r in rows]
+    avg = ["Average"]
+    for kind, _ in kinds:
+        present = [r[kind] for r in rows if r.get(kind)]
+        dev, samples, err = (mean([c[k] for c in present]) for k in ("deviation", "samples", "error"))
+        avg += ["–", "–", "–"] if not present else [f"N/A ({100 * dev:.1f}%)", f"{samples:.1f}", fmt_err(err)]
+    md_head = [h.replace("|", "\\|") for h in head]          # "(|Δ%|)" must not split a Markdown cell
+    lines = ["| " + " | ".join(md_head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in body + [avg]]
+    buf = io.StringIO()
+    csv.writer(buf).writerows([head] + body + [avg])
+    return "\n".join(lines) + "\n", buf.getvalue()
+
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+def flops_formatter():
+    """Axis ticks in MF/GF: 540MF, 8.1MF, 1.6GF."""
+    from matplotlib.ticker import FuncFormatter
+    return FuncFormatter(lambda v, _: format_flops(v))
+
+
+def group_color(label: str, i: int, colors: dict | None = None) -> str:
+    """``colors[label]`` if given; else the paper's blue (full space) and orange (Elite Space); others cycle after them."""
+    if colors and label in colors:
+        return colors[label]
+    return {"Expanded Search Space": FULL_COLOR, "Elite Space": ELITE_COLOR}.get(label, f"C{i + 2}")
+
+
+def save_figure(fig, path: str | Path) -> list[Path]:
+    """Write ``path``.png and ``path``.pdf atomically; returns the files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files = []
+    for ext in ("png", "pdf"):
+        target = path.with_suffix(f".{ext}")
+        tmp = target.with_name(f".{target.name}.tmp")       # atomic: a crash never leaves half a figure
+        fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+        os.replace(tmp, target)
+        files.append(target)
+    return files
+
+
+def plot_error_vs_flops(ax, groups: dict, target: float | None = None, pareto: bool = True, log_flops: bool = True,
+                        xmax: float | None = None, title: str | None = None, tolerance: float = 0.10,
+                        colors: dict | None = None, legend_loc: str = "best"):
+    """Error vs FLOPs scatter of several groups (Figures 3, 4, 5a–c): label → list of score dicts.
+
+    Groups named like the paper's take its colours (Expanded Search Space blue, Elite Space orange),
+    unless ``colors`` maps labels to colours.
+    The Pareto front of all points is drawn as a black line, the target as a dashed line in a ±10% band.
+    """
+    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
+    all_f, all_e = [], []
+    for i, (label, scores) in enumerate(groups.items()):
+        f = [s["flops"] for s in scores if xmax is None or s["flops"] <= xmax]
+        e = [s["error"] for s in scores if xmax is None or s["flops"] <= xmax]
+        ax.scatter(f, e, s=8, alpha=0.6, color=group_color(label, i, colors), label=f"{label} ({len(f)})", linewidths=0)
+        all_f += f
+        all_e += e
+    if pareto and all_f:
+        front = pareto_front(all_f, all_e)
+        ax.step([all_f[i] for i in front], [all_e[i] for i in front], where="post", color="black", lw=1, label="Pareto front")
+    if target is not None:
+        ax.axvspan(target * (1 - tolerance), target * (1 + tolerance), color="grey", alpha=0.15, lw=0)
+        ax.axvline(target, color="grey", ls="--", lw=1, label=f"target {format_flops(target)} ±{100 * tolerance:.0f}%")
+    if log_flops:
+        ax.set_xscale("log")
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(5))       # MF/GF labels are wide
+    if xmax is not None:
+        ax.set_xlim(0 if not log_flops else None, xmax)
+    ax.xaxis.set_major_formatter(flops_formatter())
+    lo, hi = ax.get_xlim()
+    if log_flops and lo > 0 and hi / lo < 300:           # under ~2.5 decades: label 2× and 5× as well
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2, 5)))
+        ax.xaxis.set_minor_formatter(flops_formatter())
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+    else:
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("FLOPs (multiply-accumulates)")
+    ax.set_ylabel("Top-1 error (%)")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc=legend_loc, framealpha=0.85)
+    return ax
+
+
+def plot_grid(panels: list[dict], path: str | Path | None = None, ncols: int = 3, suptitle: str | None = None, **kw):
+    """A grid of error-vs-FLOPs panels; each panel is {"title", "groups", "target"} (Figures 3, 4 and 5a–c)."""
+    import matplotlib.pyplot as plt
+    ncols = min(ncols, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        plot_error_vs_flops(ax, panel["groups"], target=panel.get("target"), title=panel.get("title"), **kw)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_flops_edfs(groups: dict, target: float, path: str | Path | None = None, tolerance: float = 0.10, title=None,
+                    colors: dict | None = None):
+    """FLOPs EDFs of the sampled architectures within ±10% of the target (Figure 5d): label → FLOPs list."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    for i, (label, flops) in enumerate(groups.items()):
+        kept = np.asarray(flops, dtype=float)[within(flops, target, tolerance)]
+        x, y = edf(kept)
+        frac = len(kept) / max(1, len(flops))
+        # scaled by the fraction within the band, so denser spaces reach higher
+        ax.step(np.r_[target * (1 - tolerance), x, target * (1 + tolerance)], np.r_[0, y * frac, frac], where="post",
+                color=group_color(label, i, colors), label=f"{label} ({len(kept)}/{len(flops)} within)")
+    ax.set_xlim(target * (1 - tolerance), target * (1 + tolerance))
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.xaxis.set_major_formatter(flops_formatter())
+    ax.set_xlabel("FLOPs (multiply-accumulates)")
+    ax.set_ylabel("fraction of all samples with FLOPs ≤ x")
+    ax.set_title(title or f"FLOPs EDF within ±{100 * tolerance:.0f}% of {format_flops(target)}")
+    ax.grid(alpha=0.3)
+    if len(groups) > 4:   # many curves: keep the legend off them
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+    else:
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_error_edfs(panels: list[tuple[str, dict]], path: str | Path | None = None, colors: dict | None = None):
+    """Error EDFs F(e) (Figure 6): one panel per (title, {label: errors}); the i-th label is C{i} unless in ``colors``."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    for ax, (title, groups) in zip(axes.flat, panels):
+        for i, (label, errors) in enumerate(groups.items()):
+            x, y = edf(errors)
+            ax.step(x, y, where="post", color=(colors or {}).get(label, f"C{i}"), label=f"{label} (n={len(errors)})")
+        ax.set_xlabel("Top-1 error (%)")
+        ax.set_ylabel("F(e): fraction of networks with error ≤ e")
+        ax.set_ylim(0, 1)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+

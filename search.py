@@ -1,0 +1,364 @@
+"""The search engine of Network Space Search (§3.3–3.4, Eq. 2–5), shared by NSS and NAS.
+
+Θ holds, per stage i, logits α_i over the depth options and β_i over the width options; P_Θ is
+their product of softmaxes (Eq. 2). After a warmup of weight steps on uniformly sampled
+architectures, every iteration takes
+  1. a weight step on a train-half batch: 𝒜 ~ P_Θ, a ~ U(𝒜), a sliced single-path forward, CE,
+     SGD (an unbiased sample of Eq. 3);
+  2. a Θ step on a val-half batch: Gumbel-softmax weights g per stage at temperature τ, one
+     depth and width drawn inside each option, the masked supernet forward, and the loss
+     CE + λ·|F(g)/target − 1| (Eq. 5) with F the differentiable expected FLOPs; Adam on Θ.
+NSS's options are the candidate ranges (``Options.nss``) and its Elite Space is the closest to the
+target of n = 5 spaces sampled from the final P_Θ (§3.4); NAS's options are single depths and
+widths (``Options.nas``, ``nas.py``). This module is the method alone: command lines, run folders
+and checkpoint files live in ``runs.py``.
+
+    searcher = Searcher(SearchSettings(target=1.6e9), ess, Options.nss(ess), device)
+    searcher.attach(data)                      # a data.ImageData
+    searcher.fit()                             # warmup, then weight and Θ steps
+    elite_space(searcher.theta, searcher.gen, 5, 1.6e9, ess)
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+import data as data_mod
+from flops import OptionMoments, expected_flops, flops_loss, flops_range, format_flops, space_flops
+from space import ExpandedSearchSpace, Options, Space
+from supernet import SuperNet
+
+
+# --------------------------------------------------------------------------------------------
+# Settings: what the engine uses, and nothing of the run around it
+# --------------------------------------------------------------------------------------------
+
+def setting(default, help: str):
+    """A settings field with its description (a command line shows it as the flag's help)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class SGDSettings:
+    """SGD with Nesterov momentum: the optimiser of every weight update (search, evaluation, from scratch)."""
+
+    lr: float = setting(0.05, "peak SGD learning rate")
+    momentum: float = setting(0.9, "SGD Nesterov momentum")
+    weight_decay: float = setting(5e-4, "SGD weight decay")
+
+    def sgd(self, params) -> torch.optim.SGD:
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=self.momentum > 0,
+                               weight_decay=self.weight_decay)
+
+
+@dataclass
+class SearchSettings(SGDSettings):
+    """The search's hyperparameters (Eq. 5, §4.1; FBNet's schedule [32]). ``lr`` follows a cosine."""
+
+    target: float = setting(1.6e9, "FLOPs_target, in multiply-accumulates (1.6e9 = 1.6GF)")
+    lam: float = setting(1.0, "λ: weight of the FLOPs loss (choice)")
+    task_loss: bool = setting(True, "use CE in Θ steps; --no-task-loss trains Θ on the FLOPs loss alone")
+    flops_samples: int = setting(16, "Gumbel draws averaged in the FLOPs term (choice: variance reduction)")
+    epochs: int = setting(30, "epochs in all, warmup included")
+    warmup_epochs: int = setting(10, "weight-only epochs first, on uniformly sampled spaces")
+    batch_size: int = setting(64, "batch size of weight and Θ steps (the paper: 64)")
+    arch_lr: float = setting(0.01, "Adam learning rate of Θ (FBNet)")
+    tau0: float = setting(5.0, "τ_0: initial Gumbel-softmax temperature (FBNet)")
+    tau_decay: float = setting(0.956, "τ multiplier per search epoch (FBNet)")
+    eps: float = setting(1e-4, "masked forwards skip options whose weight is below ε")
+    seed: int = setting(0, "seed of everything")
+
+    def check(self):
+        """Raise ValueError naming the first setting out of its range."""
+        finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
+        rules = [(n, "at least 1", lambda v: v >= 1) for n in ("epochs", "batch_size", "flops_samples")]
+        rules += [(n, "a finite positive number", lambda v: finite(v) and v > 0) for n in ("target", "lr", "arch_lr", "tau0")]
+        rules += [(n, "a finite non-negative number", lambda v: finite(v) and v >= 0)
+                  for n in ("lam", "eps", "momentum", "weight_decay")]
+        rules += [("warmup_epochs", f"in 0..{self.epochs - 1} (less than --epochs)", lambda v: 0 <= v < self.epochs),
+                  ("tau_decay", "in (0, 1]", lambda v: 0 < v <= 1)]
+        for name, what, ok in rules:
+            if not ok(getattr(self, name)):
+                raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {getattr(self, name)}")
+
+
+def check_target(target: float, options: Options, ess: ExpandedSearchSpace, what: str):
+    """Raise ValueError unless some choice of ``options`` reaches the FLOPs target (Eq. 4)."""
+    lo, hi = flops_range(options, ess)
+    if not lo <= target <= hi:
+        raise ValueError(f"--target {target:g} is outside the FLOPs range of {what}: "
+                         f"{lo:.4g} ({format_flops(lo)}) to {hi:.4g} ({format_flops(hi)})")
+
+
+# --------------------------------------------------------------------------------------------
+# Θ: the distribution over spaces (Eq. 2)
+# --------------------------------------------------------------------------------------------
+
+class Theta(nn.Module):
+    """Θ = {α_i, β_i}: logits over each stage's depth and width options; P_Θ = Π softmax (Eq. 2).
+
+    Θ is tiny and stays on the CPU: spaces are sampled on the host without a device sync, and
+    only the Gumbel weights travel to the device for the masked forward.
+    """
+
+    def __init__(self, options: Options):
+        super().__init__()
+        self.options = options
+        self.alpha = nn.ParameterList(nn.Parameter(torch.zeros(len(o))) for o in options.depths)
+        self.beta = nn.ParameterList(nn.Parameter(torch.zeros(len(o))) for o in options.widths)
+
+    @classmethod
+    def from_probs(cls, options: Options, probs: dict) -> Theta:
+        """Θ with logits log P, from a result's ``probs`` (to sample from a finished run's P_Θ)."""
+        theta = cls(options)
+        with torch.no_grad():
+            for params, ps in ((theta.alpha, probs["depth"]), (theta.beta, probs["width"])):
+                for p, values in zip(params, ps):
+                    if len(values) != len(p):
+                        raise ValueError(f"the probabilities have {len(values)} options where the space has {len(p)}")
+                    p.copy_(torch.tensor(values).clamp_min(1e-30).log())
+        return theta
+
+    def probs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """P_Θ per stage: softmax(α_i) and softmax(β_i) (Eq. 2)."""
+        return [a.softmax(0) for a in self.alpha], [b.softmax(0) for b in self.beta]
+
+    def gumbel(self, tau: float, generator: torch.Generator, m: int = 1):
+        """``m`` Gumbel-softmax draws per stage at temperature τ [14]: lists of (m, K) weights g (§3.3)."""
+        def draw(logits):
+            u = torch.rand((m, len(logits)), generator=generator).clamp_(1e-20, 1 - 1e-7)
+            return ((logits - torch.log(-torch.log(u))) / tau).softmax(-1)
+        return [draw(a) for a in self.alpha], [draw(b) for b in self.beta]
+
+    @torch.no_grad()
+    def sample(self, generator: torch.Generator, uniform: bool = False) -> Space:
+        """𝒜 ~ P_Θ, or uniformly over the options (the warmup, §4.1)."""
+        pd, pw = self.probs()
+        pick = lambda p: int(torch.multinomial(torch.ones_like(p) if uniform else p, 1, generator=generator))
+        return self.options.space([pick(p) for p in pd], [pick(p) for p in pw])
+
+    @torch.no_grad()
+    def most_likely(self) -> Space:
+        """The mode of P_Θ."""
+        return self.options.space([int(a.argmax()) for a in self.alpha], [int(b.argmax()) for b in self.beta])
+
+    def probs_dict(self) -> dict:
+        pd, pw = self.probs()
+        return {"depth": [p.tolist() for p in pd], "width": [p.tolist() for p in pw]}
+
+
+def short(space: Space) -> str:
+    """'d 1-4,5-8,1-4 w 33-64,…' for progress bars (single values print once)."""
+    fmt = lambda rs: ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in rs)
+    return f"d {fmt(space.depths)} w {fmt(space.widths)}"
+
+
+def elite_space(theta: Theta, generator: torch.Generator, n: int, target: float, ess: ExpandedSearchSpace) -> dict:
+    """Sample n spaces from the final P_Θ and keep the one closest to the FLOPs target: the Elite Space (§3.4)."""
+    candidates = []
+    for _ in range(n):
+        space = theta.sample(generator)
+        f = space_flops(space, ess)
+        candidates.append({"space": space.to_dict(), "flops": f, "deviation": abs(f / target - 1)})
+    best = min(candidates, key=lambda c: c["deviation"])
+    return {"target": target, "elite_space": best["space"], "elite_flops": best["flops"],
+            "deviation": best["deviation"], "candidates": candidates, "most_likely": theta.most_likely().to_dict()}
+
+
+# --------------------------------------------------------------------------------------------
+# Training steps and schedules (evaluate.py trains with them too)
+# --------------------------------------------------------------------------------------------
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast where asked for (CUDA runs); a no-op context otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train_step(forwards: Callable | Sequence[Callable], optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor, lr: float, amp: bool = False, label_smoothing: float = 0.0) -> torch.Tensor:
+    """One SGD step at learning rate ``lr`` on the cross-entropy of one forward, or the sum over several
+    (the sandwich rule); returns the mean loss without a host sync."""
+    forwards = [forwards] if callable(forwards) else list(forwards)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=x.device)
+    for forward in forwards:          # backward one graph at a time: the memory of a single forward
+        with autocast(x.device, amp):
+            loss = F.cross_entropy(forward(x).float(), y, label_smoothing=label_smoothing)
+        loss.backward()
+        total += loss.detach()
+    optimizer.step()
+    return total / len(forwards)
+
+
+def cosine_lr(base: float, step: int, total: int, warmup: int = 0) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay from ``base`` to 0 at step ``total``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return 0.5 * base * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / max(1, total - warmup)))
+
+
+# --------------------------------------------------------------------------------------------
+# The searcher: weight steps, Θ steps, epochs
+# --------------------------------------------------------------------------------------------
+
+class Searcher:
+    """The alternating optimisation of Eq. 3–5 over any ``Options`` (NSS ranges or NAS values)."""
+
+    def __init__(self, settings: SearchSettings, ess: ExpandedSearchSpace, options: Options, device: torch.device,
+                 amp: bool = False, progress: bool = False):
+        self.settings, self.ess, self.options, self.device = settings, ess, options, device
+        self.amp = amp and device.type == "cuda"       # bf16 autocast and channels_last
+        self.progress = progress
+        torch.manual_seed(settings.seed)
+        self.theta = Theta(options)
+        self.moments = OptionMoments.of(options)
+        self.arch_opt = torch.optim.Adam(self.theta.parameters(), lr=settings.arch_lr)
+        self.gen = torch.Generator().manual_seed(settings.seed)          # spaces, archs, Gumbel noise
+        self.data_gen = data_mod.make_generator(device, settings.seed + 1)  # shuffling and augmentation
+        self.supernet = None
+        if settings.task_loss:   # with the FLOPs loss alone, Θ never needs the supernet
+            self.supernet = SuperNet(ess).to(device)
+            if self.amp:
+                self.supernet = self.supernet.to(memory_format=torch.channels_last)
+            self.weight_opt = settings.sgd(self.supernet.parameters())
+        self.epoch, self.step, self.history, self.seconds = 0, 0, [], 0.0
+
+    # ---- one step each ------------------------------------------------------------------
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor, lr: float, uniform: bool) -> torch.Tensor:
+        """𝒜 ~ P_Θ (uniform in warmup), a ~ U(𝒜), sliced forward, CE, one SGD step (Eq. 3)."""
+        arch = self.theta.sample(self.gen, uniform=uniform).sample(self.gen)
+        return train_step(lambda inp: self.supernet(inp, arch), self.weight_opt, x, y, lr, self.amp)
+
+    def theta_step(self, x: torch.Tensor | None, y: torch.Tensor | None, tau: float, target: float,
+                   lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gumbel-softmax g, masked forward, CE + λ·|F(g)/target − 1| (Eq. 5), one Adam step on Θ.
+
+        The FLOPs term averages ``flops_samples`` Gumbel draws (it is analytic and cheap); the
+        first draw also weights the masked forward. Only Θ's gradients are computed.
+        """
+        g_d, g_w = self.theta.gumbel(tau, self.gen, m=self.settings.flops_samples)
+        flops = expected_flops(g_d, g_w, self.moments, self.ess)   # (m,): one F(g) per draw
+        flops_term = flops_loss(flops.float(), target).mean()
+        loss = lam * flops_term
+        task = torch.zeros(())
+        if self.supernet is not None:
+            depth_values, width_values = self.options.draw_values(self.gen)
+            with autocast(self.device, self.amp):
+                logits = self.supernet.forward_masked(x, [g[0] for g in g_d], [g[0] for g in g_w],
+                                                      depth_values, width_values, self.settings.eps)
+                task = F.cross_entropy(logits.float(), y)
+            loss = task + loss.to(task.device)
+        params = list(self.theta.parameters())
+        for p, g in zip(params, torch.autograd.grad(loss, params)):
+            p.grad = g
+        self.arch_opt.step()
+        return task.detach(), flops_term.detach()
+
+    # ---- epochs -------------------------------------------------------------------------
+    def tau(self, epoch: int) -> float:
+        """τ = τ_0 · decay^(search epochs done) (FBNet's schedule)."""
+        s = self.settings
+        return s.tau0 * s.tau_decay ** max(0, epoch - s.warmup_epochs)
+
+    def attach(self, data: data_mod.ImageData):
+        """Loaders over the seeded 50/50 split: the train half for weights, the val half for Θ (§4.1)."""
+        s = self.settings
+        halves = data_mod.search_split(len(data.train_y), s.seed)
+        self.loaders = [data_mod.Loader(data.train_x[i.to(self.device)], data.train_y[i.to(self.device)], data.mean,
+                                        data.std, min(s.batch_size, len(i)), self.data_gen, channels_last=self.amp)
+                        for i in halves]
+        self.steps = min(len(loader) for loader in self.loaders)
+        if self.steps == 0:
+            raise data_mod.DataError(f"too few images: {len(data.train_y)} training images cannot be split "
+                                     f"into two halves of a batch")
+
+    def fit(self, on_epoch: Callable[[Searcher, dict], None] | None = None):
+        """The search loop: epochs up to ``settings.epochs`` (from where a resumed state stands);
+        ``on_epoch(searcher, record)`` after each (the command lines save a checkpoint there)."""
+        while self.epoch < self.settings.epochs:
+            record = self.train_epoch()
+            if on_epoch is not None:
+                on_epoch(self, record)
+        return self
+
+    def train_epoch(self) -> dict:
+        """One epoch: weight steps only during warmup, then alternating weight and Θ steps."""
+        s, epoch, steps = self.settings, self.epoch, self.steps
+        train, val = self.loaders if s.task_loss else (None, None)
+        warmup = epoch < s.warmup_epochs
+        tau = self.tau(epoch)
+        start = time.time()
+        sums = {"loss": 0.0, "task_loss": 0.0, "flops_loss": 0.0}
+        none = itertools.repeat((None, None))
+        train_batches = iter(train) if train is not None else none
+        val_batches = iter(val) if val is not None and not warmup else none
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{s.epochs} {'warmup' if warmup else 'search'}",
+                   leave=False, disable=not self.progress, dynamic_ncols=True)
+        for i in bar:
+            (xt, yt), (xv, yv) = next(train_batches), next(val_batches)
+            if self.supernet is not None:
+                sums["loss"] = sums["loss"] + self.weight_step(xt, yt, cosine_lr(s.lr, self.step, s.epochs * steps), warmup)
+            self.step += 1
+            if not warmup:
+                task, fl = self.theta_step(xv, yv, tau, s.target, s.lam)
+                sums["task_loss"] = sums["task_loss"] + task
+                sums["flops_loss"] = sums["flops_loss"] + fl
+            if self.progress and (i % 20 == 0 or i == steps - 1):
+                bar.set_postfix_str(self.status(tau, sums["loss"] / (i + 1)))
+        record = {"epoch": epoch + 1, "phase": "warmup" if warmup else "search",
+                  **{k: float(v) / steps for k, v in sums.items()},
+                  "expected_flops": self.expected_flops(), "tau": tau, "seconds": time.time() - start,
+                  "most_likely": self.theta.most_likely().to_dict()}
+        self.history.append(record)
+        self.epoch += 1
+        self.seconds += record["seconds"]
+        return record
+
+    @torch.no_grad()
+    def expected_flops(self) -> float:
+        """E_{𝒜~P_Θ}[FLOPs(𝒜)], exactly (F evaluated at g = softmax(Θ), §3.4)."""
+        pd, pw = self.theta.probs()
+        return float(expected_flops(pd, pw, self.moments, self.ess))
+
+    def result(self) -> dict:
+        """What a finished search reports beside its selection: P_Θ, the history and the time."""
+        return {"probs": self.theta.probs_dict(), "history": self.history}
+
+    def describe(self, record: dict) -> str:
+        return (f"epoch {record['epoch']:3d}/{self.settings.epochs} {record['phase']:6s} loss {record['loss']:.3f} "
+                f"flops-loss {record['flops_loss']:.3f} E[FLOPs] {format_flops(record['expected_flops'])} "
+                f"τ {record['tau']:.2f} {record['seconds']:.1f}s")
+
+    def status(self, tau: float, loss) -> str:
+        loss = float(loss) if self.supernet is not None else float("nan")
+        return f"loss {loss:.3f} FLOPs {format_flops(self.expected_flops())} τ {tau:.2f} {short(self.theta.most_likely())}"
+
+    # ---- state, for checkpoints -----------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {"epoch": self.epoch, "step": self.step, "history": self.history, "seconds": self.seconds,
+                 "theta": self.theta.state_dict(), "arch_opt": self.arch_opt.state_dict(),
+                 "gen": self.gen.get_state(), "data_gen": self.data_gen.get_state()}
+        if self.supernet is not None:
+            state |= {"supernet": self.supernet.state_dict(), "weight_opt": self.weight_opt.state_dict()}
+        return state
+
+    def load_state_dict(self, state: dict):
+        self.theta.load_state_dict(state["theta"])
+        self.arch_opt.load_state_dict(state["arch_opt"])
+        self.gen.set_state(state["gen"])
+        self.data_gen.set_state(state["data_gen"])
+        if self.supernet is not None:
+            self.supernet.load_state_dict(state["supernet"])
+            self.weight_opt.load_state_dict(state["weight_opt"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history, self.seconds = list(state["history"]), state["seconds"]
