@@ -31,6 +31,7 @@ import data as data_mod
 import evaluate
 import runs
 from flops import arch_flops, flops_range, format_flops, space_flops
+from scratch import ScratchConfig, train_from_scratch
 from search import SearchSettings, Searcher, train_step
 from space import Arch, ExpandedSearchSpace, Options
 from supernet import SuperNet, build
@@ -197,9 +198,9 @@ def bench_scratch(ess, device, amp, cfg: BenchConfig) -> list[dict]:
     """From-scratch training of a ~1.6 GF architecture on an image folder: s/epoch and time to 90% / 93%."""
     data = data_mod.load("folder", cfg.data_dir, device=device)
     arch = arch_near(ess, 1.6e9) if not cfg.quick else Arch((1, 1, 1), (4, 4, 4))
-    scratch_cfg = evaluate.ScratchConfig(dataset="folder", data_dir=cfg.data_dir, device=str(device), amp=amp,
+    scratch_cfg = ScratchConfig(dataset="folder", data_dir=cfg.data_dir, recipe="fast", device=str(device), amp=amp,
                                          epochs=cfg.scratch_epochs, progress=False)
-    result = evaluate.train_from_scratch(arch, ess, data, scratch_cfg, seed=0)
+    result, _ = train_from_scratch(arch, ess, data, scratch_cfg, seed=0)
     reach = lambda acc: next((h["seconds"] for h in result["history"] if 100 - h["test_error"] >= acc), None)
     return [{"name": f"from scratch {format_flops(arch_flops(arch, ess))} {arch}, {cfg.scratch_epochs} epochs",
              "seconds": result["seconds"], "seconds_per_epoch": result["seconds"] / cfg.scratch_epochs,

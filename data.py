@@ -183,9 +183,8 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
     return (x.float() / 255 - mean[:, None, None]) / std[:, None, None]
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True,
-            cutout: int = 0) -> torch.Tensor:
-    """Batched pad-and-crop, horizontal flip and cutout of uint8 images (B, C, H, W), on their device."""
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
+    """Batched pad-and-crop and horizontal flip of uint8 images (B, C, H, W), on their device."""
     B, C, H, W = x.shape
     dev = x.device
     if pad:
@@ -197,13 +196,25 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: boo
     if flip:
         flipped = torch.rand(B, generator=generator, device=dev) < 0.5
         x = torch.where(flipped[:, None, None, None], x.flip(3), x)
-    if cutout:
-        cy, cx = torch.randint(0, H, (B, 1), generator=generator, device=dev), torch.randint(0, W, (B, 1), generator=generator, device=dev)
-        inside_y = ((torch.arange(H, device=dev) - cy).abs() <= cutout // 2)[:, :, None]   # (B, H, 1)
-        inside_x = ((torch.arange(W, device=dev) - cx).abs() <= cutout // 2)[:, None, :]   # (B, 1, W)
-        keep = ~(inside_y & inside_x)
-        x = x * keep[:, None].to(x.dtype)
     return x
+
+
+def cutout_size(num_classes: int) -> int:
+    """Cutout's hole side as in [4]: 16 for 10 classes (CIFAR-10), 8 for 100 (CIFAR-100)."""
+    return 8 if num_classes >= 100 else 16
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None,
+           centres: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Cutout [4] on normalised images (B, C, H, W): a size×size square, centred on a uniform pixel and clipped at
+    the borders, is set to 0, the mean colour. Rows cy − size//2 … cy − size//2 + size − 1 (and so for columns)."""
+    B, _, H, W = x.shape
+    dev = x.device
+    cy, cx = centres if centres is not None else (torch.randint(0, H, (B, 1), generator=generator, device=dev),
+                                                   torch.randint(0, W, (B, 1), generator=generator, device=dev))
+    rows, cols = torch.arange(H, device=dev) - (cy - size // 2), torch.arange(W, device=dev) - (cx - size // 2)
+    hole = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]   # (B, H, W)
+    return x.masked_fill(hole[:, None], 0.0)
 
 
 @dataclass
@@ -221,7 +232,7 @@ class Loader:
     batch_size: int
     generator: torch.Generator
     train: bool = True            # shuffle and augment
-    cutout: int = 0
+    cutout: int = 0               # side of cutout's hole, applied after normalisation (0: off)
     channels_last: bool = False
     drop_last: bool = True
 
@@ -236,8 +247,10 @@ class Loader:
             idx = slice(i * self.batch_size, (i + 1) * self.batch_size) if order is None else order[i * self.batch_size:(i + 1) * self.batch_size]
             x, y = self.images[idx], self.labels[idx]
             if self.train:
-                x = augment(x, self.generator, cutout=self.cutout)
+                x = augment(x, self.generator)
             x = normalize(x, self.mean, self.std)
+            if self.train and self.cutout:
+                x = cutout(x, self.cutout, self.generator)
             yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
 
 

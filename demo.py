@@ -16,6 +16,7 @@ import nas
 import nss
 import plots
 import runs
+import scratch
 from flops import arch_flops, format_flops
 from space import REDUCED, Arch, ExpandedSearchSpace, Space
 
@@ -32,11 +33,11 @@ def evaluate_quick(out: str | Path = "runs/eval-quick", progress: bool = False, 
     score = lambda archs: evaluate.score_archs(supernet, archs, data, calib_images=200, test_images=250,
                                                progress=progress)
     full_scores = score(evaluate.sample_archs(ess.full_space(), 60, ess, g))
-    scratch_cfg = evaluate.ScratchConfig(**common, seeds=2, epochs=2, batch_size=64, lr=0.1, lr_warmup_epochs=0.5,
-                                         cutout=8)
+    scratch_cfg = scratch.ScratchConfig(**common, recipe="fast", seeds=2, epochs=2, batch_size=64, lr=0.1,
+                                        lr_warmup_epochs=0.5, cutout=8)
     panels, nas_flops = [], {}
     for target in targets:
-        search = dict(common, target=target, epochs=6, warmup_epochs=2, arch_lr=0.05, tau_decay=0.7)
+        search = dict(common, target=target, epochs=6, warmup_epochs=2, arch_lr=0.05)
         elite = nss.run(nss.NSSConfig(**search, name=f"nss-{format_flops(target)}"), data)
         elite_scores = score(evaluate.sample_archs(Space.from_dict(elite["elite_space"]), 60, ess, g))
         panels.append({"title": f"target {format_flops(target)}", "target": target,
@@ -46,7 +47,7 @@ def evaluate_quick(out: str | Path = "runs/eval-quick", progress: bool = False, 
             found = nas.run(nas.NASConfig(**dict(search, epochs=4, warmup_epochs=1), space=spec, max_samples=200,
                                           name=f"nas-{format_flops(target)}-{nas.space_label(spec)}"), data)
             nas_flops[target][label] = [arch_flops(a, ess) for a in nas.final_archs(found, 100)]
-            evaluate.run_scratch(scratch_cfg, Arch.from_dict(found["arch"]), data, run_dir=Path(found["run_dir"]))
+            scratch.run_scratch(scratch_cfg, Arch.from_dict(found["arch"]), data, run_dir=Path(found["run_dir"]))
     figures = out / "figures"
     plots.plot_grid(panels, figures / "error_vs_flops")
     plots.plot_flops_edfs(nas_flops[targets[-1]], targets[-1], figures / "flops_edf")

@@ -3,22 +3,24 @@
     python evaluate.py supernet --space full                          # evaluation supernet (§4.2)
     python evaluate.py score --supernet runs/evalnet-cifar10-full-s0/supernet.pt \\
                              --spaces full,runs/nss-cifar10-1.6GF-s0/result.json --n 1000
-    python evaluate.py scratch --arch runs/nas-cifar10-1.6GF-s0-full/nas.json --seeds 3   # Table 1
+    python evaluate.py scratch --arch runs/nas-cifar10-1.6GF-s0-full/nas.json --seeds 3   # Table 1 ([4]'s recipe)
     python evaluate.py table --runs runs                              # Table 1, Markdown and CSV
+    python evaluate.py rank --supernet …/supernet.pt --k 20           # how well the supernet ranks architectures
+    python evaluate.py export --arch …/nas.json --out model.pt        # a standalone network file
     python evaluate.py --quick                                        # all of it, synthetic data
 
 * Supernet-based evaluation: a supernet trained apart from the search, on the whole training
   set, with uniform single-path sampling (optionally the sandwich rule). An architecture is
   scored by slicing it out, recalibrating BN on ~2000 training images and measuring the test
   error (Figures 3–5).
-* From scratch: ``build(arch)`` trained with cutout over several seeds (Table 1).
+* From scratch: ``build(arch)`` trained over several seeds by a recipe of ``scratch.py`` (Table 1).
+* Rank agreement: Kendall's τ and Spearman's ρ between supernet and from-scratch errors.
 
 EDFs, Pareto fronts, the figures and Table 1 are drawn by ``plots.py``; ``python evaluate.py
 --quick`` runs the demo of ``demo.py``.
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -34,9 +36,11 @@ import data as data_mod
 import nas
 import plots
 import runs
-from flops import arch_flops, arch_params, batch_arch_flops
+from flops import arch_flops, arch_params, batch_arch_flops, format_flops
 from runs import RunError, RunSettings, option
-from search import SGDSettings, autocast, cosine_lr, train_step
+from scratch import (ScratchConfig, TrainSettings, eval_tensors, load_arch, run_scratch, save_network, test_error,
+                     train_from_scratch)
+from search import autocast, train_step
 from space import Arch, ExpandedSearchSpace, Space
 from supernet import SuperNet, build, recalibrate_bn
 
@@ -75,26 +79,11 @@ def sample_archs(space: Space, n: int, ess: ExpandedSearchSpace, generator: torc
 # --------------------------------------------------------------------------------------------
 
 @dataclass
-class TrainSettings(SGDSettings):
-    """Training on the whole training set: epochs, batch, the learning-rate schedule and regularisation."""
-
-    epochs: int = option(30, "epochs over the whole training set")
-    batch_size: int = option(256, "batch size")
-    lr_warmup_epochs: float = option(1.0, "linear learning-rate warmup (epochs), then cosine decay")
-    label_smoothing: float = option(0.0, "label smoothing")
-    cutout: int = option(0, "cutout size (0: off)")
-
-    def check_training(self: RunSettings):
-        self.check_numbers(at_least_one=("epochs", "batch_size"), positive=("lr",),
-                           non_negative=("lr_warmup_epochs", "momentum", "weight_decay", "label_smoothing", "cutout"))
-
-
-@dataclass
 class SupernetConfig(RunSettings, TrainSettings):
     """Training of an evaluation supernet, separate from the search's (§4.2)."""
 
     space: str = option("full", "space to train over: 'full', an NSS result.json or a space JSON")
-    lr: float = option(0.2)
+    recipe: str = option("supernet")
     sandwich: bool = option(False, "sandwich rule: each step also trains the space's largest and smallest network")
 
     QUICK = {**RunSettings.QUICK, "epochs": 6, "batch_size": 64, "lr": 0.1}
@@ -125,7 +114,7 @@ class SupernetTrainer:
     def attach(self, data: data_mod.ImageData):
         self.loader = data_mod.Loader(data.train_x, data.train_y, data.mean, data.std,
                                       min(self.cfg.batch_size, len(data.train_y)), self.data_gen,
-                                      cutout=self.cfg.cutout, channels_last=self.amp)
+                                      cutout=self.cfg.cutout_for(data.num_classes), channels_last=self.amp)
 
     def archs(self) -> list[Arch]:
         """This step's architectures: one uniform sample, plus the extremes under the sandwich rule."""
@@ -137,14 +126,13 @@ class SupernetTrainer:
         return [largest, smallest] + sampled
 
     def train_epoch(self) -> dict:
-        start, total = time.time(), self.cfg.epochs * len(self.loader)
-        warmup = int(self.cfg.lr_warmup_epochs * len(self.loader))
+        start = time.time()
         loss_sum = torch.zeros((), device=self.device)
         bar = tqdm(self.loader, desc=f"supernet epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
                    disable=not self.cfg.progress, dynamic_ncols=True)
         for x, y in bar:
             forwards = [lambda inp, a=a: self.supernet(inp, a) for a in self.archs()]
-            loss_sum += train_step(forwards, self.opt, x, y, cosine_lr(self.cfg.lr, self.step, total, warmup),
+            loss_sum += train_step(forwards, self.opt, x, y, self.cfg.lr_at(self.step, len(self.loader)),
                                    self.amp, self.cfg.label_smoothing)
             self.step += 1
         record = {"epoch": self.epoch + 1, "loss": float(loss_sum) / len(self.loader), "seconds": time.time() - start}
@@ -205,26 +193,6 @@ def load_supernet(path: str | Path, device="cpu") -> SuperNet:
     return net.to(device).eval()
 
 
-@torch.no_grad()
-def test_error(forward: Callable, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 error in percent of ``forward`` on normalised images."""
-    wrong = torch.zeros((), dtype=torch.long, device=labels.device)
-    for x, y in zip(images.split(batch_size), labels.split(batch_size)):
-        wrong += (forward(x).argmax(1) != y).sum()
-    return 100.0 * float(wrong) / len(labels)
-
-
-def eval_tensors(data: data_mod.ImageData, calib_images: int, test_images: int | None, seed: int,
-                 channels_last: bool = False):
-    """Normalised BN-calibration images (a seeded subset of the training set) and test images."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    idx = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(seed))[:calib_images]
-    calib = data_mod.normalize(data.train_x[idx.to(data.train_x.device)], data.mean, data.std).contiguous(memory_format=fmt)
-    n = len(data.test_y) if not test_images else min(test_images, len(data.test_y))
-    test = data_mod.normalize(data.test_x[:n], data.mean, data.std).contiguous(memory_format=fmt)
-    return calib, test, data.test_y[:n]
-
-
 def score_archs(supernet: SuperNet, archs: Sequence[Arch], data: data_mod.ImageData, calib_images: int = 2000,
                 test_images: int | None = None, batch_size: int = 1000, seed: int = 0, amp: bool = True,
                 progress: bool = True) -> list[dict]:
@@ -254,119 +222,6 @@ def score_archs(supernet: SuperNet, archs: Sequence[Arch], data: data_mod.ImageD
         supernet.load_state_dict(saved, strict=False)
         supernet.train(was_training)
     return [dict(scores[arch]) for arch in archs]
-
-
-# --------------------------------------------------------------------------------------------
-# Training from scratch (Table 1)
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class ScratchConfig(RunSettings, TrainSettings):
-    """From-scratch training of one architecture over several seeds (Table 1, cutout [4])."""
-
-    arch: str = option("", "a nas.json, an architecture JSON file, or inline JSON {\"depths\": [...], \"widths\": [...]}")
-    seeds: int = option(3, "independent runs (the paper: 3)")
-    epochs: int = option(60)
-    batch_size: int = option(512)
-    lr: float = option(0.4)
-    lr_warmup_epochs: float = option(2.0)
-    label_smoothing: float = option(0.1)
-    cutout: int = option(16, "cutout size [4]")
-    eval_every: int = option(1, "test every this many epochs (history for time-to-accuracy)")
-
-    QUICK = {**RunSettings.QUICK, "seeds": 2, "epochs": 3, "batch_size": 64, "lr": 0.1, "lr_warmup_epochs": 0.5,
-             "cutout": 8}
-
-    def check(self):
-        super().check()
-        self.check_training()
-        self.check_numbers(at_least_one=("seeds", "eval_every"))
-
-    def default_name(self) -> str:
-        return f"scratch-{self.dataset}-s{self.seed}"
-
-
-def load_arch(spec: str, ess: ExpandedSearchSpace) -> Arch:
-    """An architecture from a nas.json (its ``arch``), a JSON file or inline JSON."""
-    text = spec
-    if not spec.lstrip().startswith("{"):
-        try:
-            text = Path(spec).read_text()
-        except OSError as e:
-            raise RunError(f"cannot read the architecture file {spec}: {e.strerror or e}") from None
-    try:
-        d = json.loads(text)
-        return Arch.from_dict(d["arch"] if isinstance(d, dict) and "arch" in d else d).validate(ess)
-    except (ValueError, TypeError) as e:
-        raise RunError(f"malformed architecture JSON in {spec}: {e}") from None
-
-
-def train_from_scratch(arch: Arch, ess: ExpandedSearchSpace, data: data_mod.ImageData, cfg: ScratchConfig,
-                       seed: int) -> dict:
-    """Train ``build(arch)`` from scratch with cutout; the final test error and its history."""
-    device = runs.resolve_device(cfg.device)
-    amp = cfg.amp and device.type == "cuda"
-    data = data.to(device)
-    torch.manual_seed(seed)
-    net = build(arch, ess).to(device)
-    if amp:
-        net = net.to(memory_format=torch.channels_last)
-    opt = cfg.sgd(net.parameters())
-    loader = data_mod.Loader(data.train_x, data.train_y, data.mean, data.std, min(cfg.batch_size, len(data.train_y)),
-                             data_mod.make_generator(device, seed), cutout=cfg.cutout, channels_last=amp)
-    _, test_x, test_y = eval_tensors(data, 0, None, seed, channels_last=amp)
-    history, start, step = [], time.time(), 0
-    # one fixed network: let cuDNN pick the fastest kernels (the supernets' changing shapes must not)
-    torch.backends.cudnn.benchmark = device.type == "cuda"
-    for epoch in tqdm(range(cfg.epochs), desc=f"scratch seed {seed}", leave=False, disable=not cfg.progress):
-        net.train()
-        for x, y in loader:
-            lr = cosine_lr(cfg.lr, step, cfg.epochs * len(loader), int(cfg.lr_warmup_epochs * len(loader)))
-            train_step(net, opt, x, y, lr, amp, cfg.label_smoothing)
-            step += 1
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            net.eval()
-            with autocast(device, amp):
-                error = test_error(net, test_x, test_y)
-            history.append({"epoch": epoch + 1, "test_error": error, "seconds": time.time() - start})
-    torch.backends.cudnn.benchmark = False
-    return {"seed": seed, "error": history[-1]["test_error"], "history": history, "seconds": time.time() - start}
-
-
-def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.ImageData | None = None,
-                run_dir: Path | None = None) -> dict:
-    """Train an architecture over ``cfg.seeds`` seeds; writes scratch.json after every seed (resumable per seed).
-
-    With an ``--arch`` nas.json the result goes beside it, so that ``table`` pairs them.
-    """
-    cfg.check()
-    ess = cfg.ess_for(data)
-    if arch is None and not cfg.arch:
-        raise RunError("--arch is required: a nas.json, an architecture JSON file or inline JSON")
-    arch = arch or load_arch(cfg.arch, ess)
-    if run_dir is None:
-        beside_nas = cfg.arch.endswith("nas.json") and not cfg.name
-        run_dir = Path(cfg.arch).parent if beside_nas else Path(cfg.out) / (cfg.name or cfg.default_name())
-    out = run_dir / "scratch.json"
-    trained = []
-    if out.exists() and not cfg.overwrite:
-        previous = json.loads(out.read_text())
-        if not cfg.resume:
-            raise RunError(f"{out} exists: pass --resume to finish its seeds or --overwrite to replace it")
-        if previous["arch"] != arch.to_dict():
-            raise RunError(f"{out} holds another architecture; use --overwrite or another --name")
-        trained = previous["runs"]
-    data = runs.load_data(cfg, ess) if data is None else data
-    run_dir.mkdir(parents=True, exist_ok=True)
-    result = {}
-    for seed in range(cfg.seed + len(trained), cfg.seed + cfg.seeds):
-        trained.append(train_from_scratch(arch, ess, data, cfg, seed))
-        errors = [r["error"] for r in trained]
-        result = {"arch": arch.to_dict(), "flops": arch_flops(arch, ess), "params": arch_params(arch, ess),
-                  "dataset": cfg.dataset, "errors": errors, "mean": float(np.mean(errors)),
-                  "std": float(np.std(errors)), "runs": trained, "config": cfg.to_dict()}
-        runs.write_json(out, result)
-    return result or json.loads(out.read_text())
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,6 +305,118 @@ def run_table(cfg: TableConfig) -> str:
     return markdown
 
 
+@dataclass
+class ExportConfig(RunSettings):
+    """A standalone network file of one architecture: freshly initialised, or holding an evaluation
+    supernet's weights with BN recalibrated (§4.2), as a starting point for your own training."""
+
+    arch: str = option("", "a nas.json, an architecture JSON file, or inline JSON {\"depths\": [...], \"widths\": [...]}")
+    out: str = option("model.pt", "the network file to write (load it with scratch.load_network)")
+    supernet: str = option("", "supernet.pt to take the weights from (empty: a freshly initialised network)")
+    calib_images: int = option(2000, "training images for BN recalibration, with --supernet")
+
+    def check(self):
+        super().check()
+        self.check_numbers(non_negative=("calib_images",))
+        if not self.arch:
+            raise RunError("--arch is required: a nas.json, an architecture JSON file or inline JSON")
+
+
+def run_export(cfg: ExportConfig) -> str:
+    """Write ``--out``: ``build(arch)`` seeded, or ``supernet.extract(arch)`` with BN recalibrated; returns a summary."""
+    cfg.check()
+    if cfg.supernet:
+        device = runs.resolve_device(cfg.device)
+        supernet = load_supernet(cfg.supernet, device)
+        ess, arch = supernet.ess, load_arch(cfg.arch, supernet.ess)
+        data = runs.load_data(cfg, ess, device)
+        net = supernet.extract(arch)
+        if cfg.calib_images:
+            recalibrate_bn(net, eval_tensors(data, cfg.calib_images, 1, cfg.seed)[0])
+        source = {"supernet": cfg.supernet, "calib_images": cfg.calib_images, "dataset": cfg.dataset}
+    else:
+        ess = cfg.ess_for()
+        arch = load_arch(cfg.arch, ess)
+        torch.manual_seed(cfg.seed)
+        net, source = build(arch, ess), {"initialised": "seed", "seed": cfg.seed}
+    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+    save_network(Path(cfg.out), net.eval(), ess, **source)
+    return f"{arch} ({format_flops(arch_flops(arch, ess))}) written to {cfg.out}"
+
+
+# --------------------------------------------------------------------------------------------
+# How far to trust the evaluation supernet: its ranking against training from scratch
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class RankConfig(RunSettings):
+    """k architectures of a space trained from scratch and scored with the evaluation supernet: Kendall's τ and
+    Spearman's ρ between the two errors say how well the supernet ranks architectures."""
+
+    supernet: str = option("", "supernet.pt written by `evaluate.py supernet` (with --quick: trained here if empty)")
+    space: str = option("full", "the space to sample: 'full', an NSS result.json or a space JSON")
+    k: int = option(20, "architectures to train and score")
+    recipe: str = option("fast", "from-scratch recipe (fast | paper)")
+    epochs: int = option(0, "from-scratch epochs (0: the recipe's)")
+    batch_size: int = option(0, "from-scratch batch size (0: the recipe's)")
+    lr: float = option(0.0, "from-scratch peak learning rate (0: the recipe's)")
+    calib_images: int = option(2000, "training images for BN recalibration")
+    test_images: int = option(0, "test images (0: all)")
+
+    QUICK = {**RunSettings.QUICK, "k": 6, "epochs": 3, "batch_size": 64, "lr": 0.1, "calib_images": 200,
+             "test_images": 250}
+
+    def check(self):
+        super().check()
+        self.check_numbers(at_least_one=("k",), non_negative=("epochs", "batch_size", "lr", "calib_images", "test_images"))
+        if not self.supernet and not self.quick:
+            raise RunError("--supernet is required: a supernet.pt written by `evaluate.py supernet`")
+
+    def default_name(self) -> str:
+        return "rank-quick" if self.quick else f"rank-{self.dataset}-{nas.space_label(self.space)}-s{self.seed}"
+
+
+def run_rank(cfg: RankConfig) -> dict:
+    """Score and train the same k architectures; writes rank.json and the rank-agreement plot."""
+    cfg.check()
+    run_dir = runs.check_run_dir(cfg, cfg.default_name())
+    device = runs.resolve_device(cfg.device)
+    fields = {f: getattr(cfg, f) for f in ("dataset", "data_dir", "download", "synthetic_size", "d_max", "w_max",
+                                           "d_step", "w_step", "seed", "device", "amp", "progress")}
+    if cfg.supernet:
+        supernet = load_supernet(cfg.supernet, device)
+        data = runs.load_data(cfg, supernet.ess, device)
+    else:   # --quick: a small evaluation supernet first, inside this run's folder
+        quick = {**SupernetConfig.QUICK, **fields, "quick": True, "out": str(run_dir), "name": "evalnet", "overwrite": True}
+        data = runs.load_data(cfg, cfg.ess_for(), device)
+        supernet, _ = train_supernet(SupernetConfig(**quick), data)
+    ess = supernet.ess
+    archs = list(dict.fromkeys(sample_archs(nas.load_space(cfg.space, ess), cfg.k, ess,
+                                            torch.Generator().manual_seed(cfg.seed))))
+    scored = score_archs(supernet, archs, data, cfg.calib_images, cfg.test_images or None, seed=cfg.seed, amp=cfg.amp,
+                         progress=cfg.progress)
+    scratch_cfg = ScratchConfig(**fields, recipe=cfg.recipe, epochs=cfg.epochs or None, batch_size=cfg.batch_size or None,
+                                lr=cfg.lr or None, seeds=1)
+    trained = [train_from_scratch(arch, ess, data, scratch_cfg, cfg.seed)[0]["error"] for arch in archs]
+    supernet_errors = [s["error"] for s in scored]
+    result = {"space": cfg.space, "supernet": cfg.supernet, "dataset": cfg.dataset, "recipe": scratch_cfg.recipe_values(),
+              "archs": [a.to_dict() for a in archs], "flops": [arch_flops(a, ess) for a in archs],
+              "supernet_errors": supernet_errors, "scratch_errors": trained,
+              "kendall_tau": plots.kendall_tau(supernet_errors, trained),
+              "spearman_rho": plots.spearman_rho(supernet_errors, trained), "run_dir": str(run_dir)}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plots.plot_rank_agreement(supernet_errors, trained, run_dir / "rank",
+                              title=f"{len(archs)} architectures of {nas.space_label(cfg.space)} on {cfg.dataset}")
+    runs.write_json(run_dir / "rank.json", result)
+    return result
+
+
+def rank_summary(cfg: RankConfig) -> str:
+    r = run_rank(cfg)
+    return (f"Kendall τ {r['kendall_tau']:.3f}, Spearman ρ {r['spearman_rho']:.3f} between supernet and from-scratch "
+            f"errors of {len(r['archs'])} architectures; written to {r['run_dir']}/rank.json and rank.png")
+
+
 def scratch_summary(cfg: ScratchConfig) -> str:
     r = run_scratch(cfg)
     return f"{Arch.from_dict(r['arch'])}: error {r['mean']:.2f} ± {r['std']:.2f}% over {len(r['errors'])} seeds"
@@ -458,7 +425,9 @@ def scratch_summary(cfg: ScratchConfig) -> str:
 COMMANDS = {"supernet": (SupernetConfig, lambda c: f"supernet written to {train_supernet(c)[1]['supernet']}"),
             "score": (ScoreConfig, lambda c: f"scores of {', '.join(run_score(c)['spaces'])} written"),
             "scratch": (ScratchConfig, scratch_summary),
-            "table": (TableConfig, run_table)}
+            "table": (TableConfig, run_table),
+            "export": (ExportConfig, run_export),
+            "rank": (RankConfig, rank_summary)}
 
 
 def main(argv=None) -> int:

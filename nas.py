@@ -97,7 +97,9 @@ def sample_final(searcher: Searcher, protocol: str, n: int, max_samples: int, to
         sampled.append({"arch": arch.to_dict(), "flops": f, "deviation": abs(f / target - 1)})
         if protocol == "until-within" and abs(f - target) <= tolerance * target:
             break
-    best = min(sampled, key=lambda s: s["deviation"]) if protocol == "best-of-n" else sampled[-1]
+    # best-of-n keeps the closest; until-within stops at the first hit, the closest so far, or, when no sample
+    # gets within the tolerance, keeps the closest of all (``within`` is then false)
+    best = min(sampled, key=lambda s: s["deviation"])
     return {"target": target, "arch": best["arch"], "flops": best["flops"], "deviation": best["deviation"],
             "samples": len(sampled), "within": abs(best["flops"] - target) <= tolerance * target, "protocol": protocol,
             "sampled_flops": [s["flops"] for s in sampled], "most_likely": searcher.theta.most_likely().as_arch().to_dict()}

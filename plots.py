@@ -63,6 +63,39 @@ def median_error_within(scores: list[dict], target: float, tolerance: float = 0.
     return float(np.median(errors)) if errors else float("nan")
 
 
+# --------------------------------------------------------------------------------------------
+# Rank agreement: how well supernet scores order architectures (the basis of §4.2's comparisons)
+# --------------------------------------------------------------------------------------------
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's τ-b: (concordant − discordant pairs) / √(pairs untied in x · pairs untied in y)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    i, j = np.triu_indices(len(x), k=1)
+    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    untied = np.abs(sx).sum() * np.abs(sy).sum()
+    return float((sx * sy).sum() / np.sqrt(untied)) if untied else float("nan")
+
+
+def ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n, ties sharing their average rank."""
+    v = np.asarray(values, dtype=float)
+    order = np.argsort(v, kind="stable")
+    r = np.empty(len(v))
+    r[order] = np.arange(1, len(v) + 1)
+    for value in np.unique(v):
+        tied = v == value
+        r[tied] = r[tied].mean()
+    return r
+
+
+def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's ρ: the Pearson correlation of the (average) ranks."""
+    rx, ry = ranks(x), ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = np.sqrt((rx ** 2).sum() * (ry ** 2).sum())
+    return float((rx * ry).sum() / denominator) if denominator else float("nan")
+
+
 
 # --------------------------------------------------------------------------------------------
 # Table 1
@@ -231,6 +264,25 @@ def plot_flops_edfs(groups: dict, target: float, path: str | Path | None = None,
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     else:
         ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_rank_agreement(supernet_errors: Sequence[float], scratch_errors: Sequence[float],
+                        path: str | Path | None = None, title: str | None = None):
+    """Scatter of from-scratch error against supernet error for the same architectures, with τ and ρ."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.scatter(supernet_errors, scratch_errors, s=18, color=FULL_COLOR, alpha=0.8, linewidths=0)
+    tau, rho = kendall_tau(supernet_errors, scratch_errors), spearman_rho(supernet_errors, scratch_errors)
+    ax.set_xlabel("supernet error (%), shared weights, BN recalibrated")
+    ax.set_ylabel("from-scratch error (%)")
+    ax.set_title(title or f"rank agreement of {len(supernet_errors)} architectures")
+    ax.text(0.03, 0.97, f"Kendall τ = {tau:.2f}\nSpearman ρ = {rho:.2f}", transform=ax.transAxes, va="top",
+            fontsize=9, bbox=dict(boxstyle="round", facecolor="white", alpha=0.8))
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     if path is not None:
         save_figure(fig, path)

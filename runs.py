@@ -137,7 +137,7 @@ class RunSettings:
 class SearchConfig(RunSettings, SearchSettings):
     """A search's command line (``nss.py``, ``nas.py``): the run's settings plus the search's hyperparameters."""
 
-    QUICK = {**RunSettings.QUICK, "target": 6e6, "epochs": 12, "warmup_epochs": 3, "arch_lr": 0.05, "tau_decay": 0.7}
+    QUICK = {**RunSettings.QUICK, "target": 6e6, "epochs": 12, "warmup_epochs": 3, "arch_lr": 0.05}
 
     def check(self):
         RunSettings.check(self)
@@ -154,7 +154,7 @@ def parse_config(cls, argv=None, description: str = ""):
     """Build ``cls`` from command-line flags generated from its fields; --quick fills unset flags."""
     parser = _Parser(description=description, argument_default=argparse.SUPPRESS)
     for f in dataclasses.fields(cls):
-        help_ = f"{help_of(cls, f.name)} (default: {f.default})"
+        help_ = f"{help_of(cls, f.name)} (default: {'the recipe' if f.default is None else f.default})"
         if f.type in ("bool", bool):
             parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, help=help_)
         else:
@@ -162,7 +162,8 @@ def parse_config(cls, argv=None, description: str = ""):
             parser.add_argument(flag(f.name), type=kind, help=help_, metavar=f.name.upper())
     given = vars(parser.parse_args(argv))
     preset = getattr(cls, "QUICK", {}) if given.get("quick") else {}
-    cfg = cls(**{**preset, **given})
+    with user_input():         # a settings class may refuse a value as it is built (e.g. an unknown recipe)
+        cfg = cls(**{**preset, **given})
     cfg.check()
     return cfg
 

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import data as data_mod
-from flops import OptionMoments, expected_flops, flops_loss, flops_range, format_flops, space_flops
-from space import ExpandedSearchSpace, Options, Space
+from flops import OptionMoments, arch_flops, expected_flops, flops_loss, flops_range, format_flops, space_flops
+from space import Arch, ExpandedSearchSpace, Options, Space
 from supernet import SuperNet
 
 
@@ -71,8 +71,9 @@ class SearchSettings(SGDSettings):
     warmup_epochs: int = setting(10, "weight-only epochs first, on uniformly sampled spaces")
     batch_size: int = setting(64, "batch size of weight and Θ steps (the paper: 64)")
     arch_lr: float = setting(0.01, "Adam learning rate of Θ (FBNet)")
-    tau0: float = setting(5.0, "τ_0: initial Gumbel-softmax temperature (FBNet)")
-    tau_decay: float = setting(0.956, "τ multiplier per search epoch (FBNet)")
+    arch_weight_decay: float = setting(5e-4, "Adam weight decay of Θ (FBNet)")
+    tau0: float = setting(5.0, "τ_0: Gumbel-softmax temperature of the first search epoch (FBNet)")
+    tau_end: float = setting(0.1, "τ of the last search epoch; τ decays exponentially in between (FBNet's form, choice)")
     eps: float = setting(1e-4, "masked forwards skip options whose weight is below ε")
     seed: int = setting(0, "seed of everything")
 
@@ -80,11 +81,12 @@ class SearchSettings(SGDSettings):
         """Raise ValueError naming the first setting out of its range."""
         finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
         rules = [(n, "at least 1", lambda v: v >= 1) for n in ("epochs", "batch_size", "flops_samples")]
-        rules += [(n, "a finite positive number", lambda v: finite(v) and v > 0) for n in ("target", "lr", "arch_lr", "tau0")]
+        rules += [(n, "a finite positive number", lambda v: finite(v) and v > 0)
+                  for n in ("target", "lr", "arch_lr", "tau0", "tau_end")]
         rules += [(n, "a finite non-negative number", lambda v: finite(v) and v >= 0)
-                  for n in ("lam", "eps", "momentum", "weight_decay")]
+                  for n in ("lam", "eps", "momentum", "weight_decay", "arch_weight_decay")]
         rules += [("warmup_epochs", f"in 0..{self.epochs - 1} (less than --epochs)", lambda v: 0 <= v < self.epochs),
-                  ("tau_decay", "in (0, 1]", lambda v: 0 < v <= 1)]
+                  ("tau_end", f"at most --tau0 ({self.tau0})", lambda v: v <= self.tau0)]
         for name, what, ok in rules:
             if not ok(getattr(self, name)):
                 raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {getattr(self, name)}")
@@ -222,7 +224,8 @@ class Searcher:
         torch.manual_seed(settings.seed)
         self.theta = Theta(options)
         self.moments = OptionMoments.of(options)
-        self.arch_opt = torch.optim.Adam(self.theta.parameters(), lr=settings.arch_lr)
+        self.arch_opt = torch.optim.Adam(self.theta.parameters(), lr=settings.arch_lr,
+                                         weight_decay=settings.arch_weight_decay)
         self.gen = torch.Generator().manual_seed(settings.seed)          # spaces, archs, Gumbel noise
         self.data_gen = data_mod.make_generator(device, settings.seed + 1)  # shuffling and augmentation
         self.supernet = None
@@ -232,6 +235,7 @@ class Searcher:
                 self.supernet = self.supernet.to(memory_format=torch.channels_last)
             self.weight_opt = settings.sgd(self.supernet.parameters())
         self.epoch, self.step, self.history, self.seconds = 0, 0, [], 0.0
+        self.executed_flops: list[int] = []     # per Θ step of the current epoch
 
     # ---- one step each ------------------------------------------------------------------
     def weight_step(self, x: torch.Tensor, y: torch.Tensor, lr: float, uniform: bool) -> torch.Tensor:
@@ -244,20 +248,24 @@ class Searcher:
         """Gumbel-softmax g, masked forward, CE + λ·|F(g)/target − 1| (Eq. 5), one Adam step on Θ.
 
         The FLOPs term averages ``flops_samples`` Gumbel draws (it is analytic and cheap); the
-        first draw also weights the masked forward. Only Θ's gradients are computed.
+        first draw also weights the masked forward. Only Θ's gradients are computed. The FLOPs the
+        masked forward executed per image (options below ε cut away) go to ``executed_flops``.
         """
         g_d, g_w = self.theta.gumbel(tau, self.gen, m=self.settings.flops_samples)
         flops = expected_flops(g_d, g_w, self.moments, self.ess)   # (m,): one F(g) per draw
         flops_term = flops_loss(flops.float(), target).mean()
         loss = lam * flops_term
-        task = torch.zeros(())
+        task, executed = torch.zeros(()), 0
         if self.supernet is not None:
             depth_values, width_values = self.options.draw_values(self.gen)
+            plans = self.supernet.masked_plan([g[0] for g in g_d], [g[0] for g in g_w], depth_values, width_values,
+                                              self.settings.eps)
             with autocast(self.device, self.amp):
-                logits = self.supernet.forward_masked(x, [g[0] for g in g_d], [g[0] for g in g_w],
-                                                      depth_values, width_values, self.settings.eps)
-                task = F.cross_entropy(logits.float(), y)
+                task = F.cross_entropy(self.supernet.run(x, plans).float(), y)
             loss = task + loss.to(task.device)
+            # the forward runs plan.depth blocks of plan.width channels per stage whatever the masks: its cost per image
+            executed = arch_flops(Arch(tuple(p.depth for p in plans), tuple(p.width for p in plans)), self.ess)
+        self.executed_flops.append(executed)
         params = list(self.theta.parameters())
         for p, g in zip(params, torch.autograd.grad(loss, params)):
             p.grad = g
@@ -266,9 +274,11 @@ class Searcher:
 
     # ---- epochs -------------------------------------------------------------------------
     def tau(self, epoch: int) -> float:
-        """τ = τ_0 · decay^(search epochs done) (FBNet's schedule)."""
+        """τ_e = τ_0·r^e after e search epochs, FBNet's exponential decay, with r = (τ_end/τ_0)^(1/(E−1)) so that
+        the last of the E search epochs runs at τ_end (FBNet: τ_0 = 5, ×0.956 per epoch, ≈ 0.09 after 90 epochs)."""
         s = self.settings
-        return s.tau0 * s.tau_decay ** max(0, epoch - s.warmup_epochs)
+        done, search_epochs = max(0, epoch - s.warmup_epochs), s.epochs - s.warmup_epochs
+        return s.tau0 * (s.tau_end / s.tau0) ** (done / max(1, search_epochs - 1))
 
     def attach(self, data: data_mod.ImageData):
         """Loaders over the seeded 50/50 split: the train half for weights, the val half for Θ (§4.1)."""
@@ -298,6 +308,7 @@ class Searcher:
         warmup = epoch < s.warmup_epochs
         tau = self.tau(epoch)
         start = time.time()
+        self.executed_flops = []
         sums = {"loss": 0.0, "task_loss": 0.0, "flops_loss": 0.0}
         none = itertools.repeat((None, None))
         train_batches = iter(train) if train is not None else none
@@ -318,6 +329,8 @@ class Searcher:
         record = {"epoch": epoch + 1, "phase": "warmup" if warmup else "search",
                   **{k: float(v) / steps for k, v in sums.items()},
                   "expected_flops": self.expected_flops(), "tau": tau, "seconds": time.time() - start,
+                  "executed_flops": (sum(self.executed_flops) / len(self.executed_flops)
+                                     if self.supernet is not None and self.executed_flops else None),
                   "most_likely": self.theta.most_likely().to_dict()}
         self.history.append(record)
         self.epoch += 1

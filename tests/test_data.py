@@ -53,14 +53,33 @@ def test_augment_is_a_padded_crop_and_flip():
 
 
 def test_cutout_zeroes_one_square():
-    x = torch.full((16, 3, 16, 16), 200, dtype=torch.uint8)
-    out = data.augment(x, torch.Generator().manual_seed(0), pad=0, flip=False, cutout=6)
+    x = torch.full((16, 3, 16, 16), 1.5)
+    out = data.cutout(x, 6, torch.Generator().manual_seed(0))
     for img in out:
         zero = (img[0] == 0)
         rows, cols = zero.any(1).nonzero().flatten(), zero.any(0).nonzero().flatten()
-        assert 1 <= zero.sum() <= 49
+        assert 1 <= zero.sum() <= 36
         assert zero.sum() == len(rows) * len(cols)        # a (clipped) square
         assert torch.equal(img[:, zero], torch.zeros_like(img[:, zero]))
+
+
+def test_cutout_is_a_16_by_16_hole_of_the_mean_colour_as_in_devries_and_taylor():
+    """[4]: an interior centre zeroes exactly 16×16 = 256 pixels per channel; at a corner it is clipped
+    (the square spans cy − 8 … cy + 7, so 8 rows remain at the top edge and 9 at the bottom, as in [4]'s code)."""
+    x = torch.full((3, 3, 32, 32), 2.0)
+    centres = (torch.tensor([[16], [0], [31]]), torch.tensor([[10], [0], [31]]))
+    out = data.cutout(x, 16, centres=centres)
+    zeros = (out == 0).all(1)                                   # (B, H, W): every channel zeroed
+    assert zeros.sum((1, 2)).tolist() == [256, 8 * 8, 9 * 9]    # rows 0…7 at the top, 23…31 at the bottom
+    assert zeros[0, 8:24, 2:18].all() and zeros[0].sum() == 256  # rows cy−8 … cy+7, columns cx−8 … cx+7
+    assert (out != 0).sum() == 3 * (3 * 32 * 32 - 256 - 64 - 81)  # nothing else is touched
+    # through the loader: after normalisation the hole is 0, the mean colour, not black (which is < 0)
+    d = data.load("synthetic", synthetic_train=64, synthetic_test=8)
+    loader = data.Loader(d.train_x, d.train_y, d.mean, d.std, 64, torch.Generator().manual_seed(1), cutout=16)
+    batch, _ = next(iter(loader))
+    holes = (batch == 0).all(1).sum((1, 2))
+    assert holes.max() == 256 and holes.min() >= 64 and (batch.amin((1, 2, 3)) < 0).all()
+    assert data.cutout_size(10) == 16 and data.cutout_size(100) == 8
 
 
 def test_loader_batches_and_normalises():

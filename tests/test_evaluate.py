@@ -12,9 +12,10 @@ import data as data_mod
 import evaluate as ev
 import plots
 import runs
+import scratch
 from flops import arch_flops, batch_arch_flops
 from space import REDUCED, Arch, ExpandedSearchSpace
-from supernet import recalibrate_bn
+from supernet import build, recalibrate_bn
 
 ROOT = Path(__file__).resolve().parents[1]
 ESS = ExpandedSearchSpace.reduced()
@@ -45,11 +46,11 @@ def test_supernet_score_equals_extracted_standalone_score(toy):
     supernet, data, _, _ = toy
     archs = ev.sample_archs(ESS.full_space(), 5, ESS, torch.Generator().manual_seed(0))
     scores = ev.score_archs(supernet, archs, data, calib_images=300, test_images=400, batch_size=128, progress=False)
-    calib, test_x, test_y = ev.eval_tensors(data, 300, 400, seed=0)
+    calib, test_x, test_y = scratch.eval_tensors(data, 300, 400, seed=0)
     for arch, score in zip(archs, scores):
         standalone = supernet.extract(arch)
         recalibrate_bn(standalone, calib, batch_size=128)
-        assert score["error"] == ev.test_error(standalone.eval(), test_x, test_y)
+        assert score["error"] == scratch.test_error(standalone.eval(), test_x, test_y)
         assert score["flops"] == arch_flops(arch, ESS) and score["arch"] == arch.to_dict()
 
 
@@ -76,27 +77,20 @@ def test_sample_archs_honours_band_and_ordering():
         ev.sample_archs(ESS.full_space(), 5, ESS, g, flops_band=(1, 2), max_draws=10_000)
 
 
-def test_scratch_training_and_its_table(tmp_path):
-    data = runs.load_data(runs.RunSettings(**COMMON), ESS)
-    cfg = ev.ScratchConfig(**COMMON, out=str(tmp_path), seeds=2, epochs=2, batch_size=64, lr=0.1, lr_warmup_epochs=0.5)
-    arch = Arch((1, 1, 1), (8, 8, 8))
-    result = ev.run_scratch(cfg, arch, data, run_dir=tmp_path / "nas-a")
-    assert len(result["errors"]) == 2 and result["errors"][0] != result["errors"][1]
-    assert result["mean"] == pytest.approx(np.mean(result["errors"])) and result["mean"] < 80   # chance is 90
-    assert [h["epoch"] for h in result["runs"][0]["history"]] == [1, 2]
-    with pytest.raises(runs.RunError, match="exists"):
-        ev.run_scratch(cfg, arch, data, run_dir=tmp_path / "nas-a")
-    # a nas.json beside it makes a Table 1 row
-    nas_result = {"dataset": "synthetic", "target": 4e6, "space_source": "runs/x/result.json", "flops": 3.9e6,
-                  "deviation": 0.025, "samples": 5}
-    (tmp_path / "nas-a" / "nas.json").write_text(json.dumps(nas_result))
-    (tmp_path / "nas-b").mkdir()
-    (tmp_path / "nas-b" / "nas.json").write_text(json.dumps({**nas_result, "space_source": "full", "flops": 4.3e6,
-                                                             "deviation": 0.075, "samples": 40}))
-    rows = plots.table_rows(tmp_path)
-    assert rows == [{"dataset": "synthetic", "target": 4e6,
-                     "elite": {"flops": 3.9e6, "deviation": 0.025, "samples": 5, "error": result["mean"]},
-                     "full": {"flops": 4.3e6, "deviation": 0.075, "samples": 40, "error": None}}]
+def test_export_writes_a_standalone_network_untrained_or_from_the_supernet(toy, tmp_path):
+    supernet, data, trained, _ = toy
+    arch = Arch((2, 3, 1), (8, 12, 16))
+    common = dict(COMMON, arch=arch.to_json(), calib_images=300)
+    ev.run_export(ev.ExportConfig(**common, out=str(tmp_path / "shared.pt"), supernet=trained["supernet"]))
+    net = scratch.load_network(tmp_path / "shared.pt")
+    _, test_x, test_y = scratch.eval_tensors(data, 300, 400, seed=0)
+    score = ev.score_archs(supernet, [arch], data, calib_images=300, test_images=400, progress=False)[0]
+    assert net.arch == arch and scratch.test_error(net, test_x, test_y) == score["error"]   # BN recalibrated alike
+    ev.run_export(ev.ExportConfig(**common, out=str(tmp_path / "fresh.pt"), seed=3))
+    fresh = scratch.load_network(tmp_path / "fresh.pt")
+    torch.manual_seed(3)
+    reference = build(arch, ESS)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), reference.state_dict().values()))
 
 
 def run_cli(*args, cwd, timeout=400):
@@ -114,6 +108,19 @@ def test_cli_quick_runs_every_protocol(tmp_path):
     for name in ("error_vs_flops", "flops_edf", "error_edfs"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
     assert len(list(out.rglob("scratch.json"))) == 4 and len(list(out.rglob("nas.json"))) == 4
+
+
+@pytest.mark.slow
+def test_cli_rank_quick_writes_its_statistics_and_plot(tmp_path):
+    proc = run_cli("rank", "--quick", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "runs" / "rank-quick" / "rank.json").read_text())
+    n = len(result["archs"])
+    assert 2 <= n <= 6 and len(result["supernet_errors"]) == len(result["scratch_errors"]) == n
+    assert result["kendall_tau"] == plots.kendall_tau(result["supernet_errors"], result["scratch_errors"])
+    assert -1 <= result["spearman_rho"] <= 1 and result["recipe"]["name"] == "fast" and result["recipe"]["epochs"] == 3
+    assert (tmp_path / "runs" / "rank-quick" / "rank.png").stat().st_size > 10_000
+    assert "Kendall τ" in proc.stdout
 
 
 @pytest.mark.slow

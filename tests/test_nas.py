@@ -8,12 +8,13 @@ import pytest
 import torch
 
 import nas
+from search import SearchSettings, Searcher
 from flops import arch_flops, space_flops
-from space import REDUCED, Arch, ExpandedSearchSpace, Space
+from space import REDUCED, Arch, ExpandedSearchSpace, Options, Space
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOPS_ONLY = dict(dataset="synthetic", synthetic_size=640, batch_size=64, task_loss=False, warmup_epochs=0,
-                  arch_lr=0.1, tau_decay=0.95, progress=False)
+                  arch_lr=0.1, progress=False)
 
 
 def elite_like_space(ess, target, seed=0):
@@ -100,3 +101,17 @@ def test_cli_rejects_bad_space_files(tmp_path, content, message):
 def test_cli_rejects_a_target_outside_the_space(tmp_path):
     proc = run_cli("--quick", "--target", "1e9", cwd=tmp_path)
     assert proc.returncode == 2 and "outside the FLOPs range" in proc.stderr
+
+
+def test_until_within_keeps_the_closest_sample_when_none_gets_within_the_tolerance():
+    """Table 1's protocol out of samples: the closest architecture is kept, not the last one drawn."""
+    ess = ExpandedSearchSpace.reduced()
+    space = ess.full_space()
+    settings = SearchSettings(target=5e6, task_loss=False)
+    searcher = Searcher(settings, ess, Options.nas(space), torch.device("cpu"))
+    result = nas.sample_final(searcher, "until-within", n=5, max_samples=30, tolerance=1e-9)
+    devs = [abs(f / 5e6 - 1) for f in result["sampled_flops"]]
+    assert result["samples"] == 30 and not result["within"]
+    assert result["deviation"] == min(devs) and result["flops"] == result["sampled_flops"][devs.index(min(devs))]
+    assert devs[-1] > min(devs)          # the last sample is not the closest: the old fallback returned it
+    assert arch_flops(Arch.from_dict(result["arch"]), ess) == result["flops"]

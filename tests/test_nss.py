@@ -11,7 +11,7 @@ import data as data_mod
 import nss
 import runs
 import search
-from flops import space_flops
+from flops import arch_flops, space_flops
 from space import REDUCED, ExpandedSearchSpace, Options, Space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def test_flops_loss_alone_reaches_targets_across_the_default_space(tmp_path):
     hits = {}
     for target in (6e8, 1.6e9, 4e9, 8e9, 16e9, 24e9):
         cfg = nss.NSSConfig(dataset="synthetic", synthetic_size=640, batch_size=64, task_loss=False, target=target,
-                            epochs=60, warmup_epochs=0, arch_lr=0.1, tau_decay=0.95, out=str(tmp_path),
+                            epochs=60, warmup_epochs=0, arch_lr=0.1, out=str(tmp_path),
                             name=f"t{target:g}", progress=False)
         result = nss.run(cfg)
         assert len(result["history"]) == 60 and result["history"][-1]["tau"] < 0.3
@@ -123,6 +123,11 @@ def test_cli_quick_runs_end_to_end(tmp_path):
     assert "Elite Space" in proc.stdout
     result = json.loads((tmp_path / "runs" / "nss-quick" / "result.json").read_text())
     check_result_schema(result, runs.parse_config(nss.NSSConfig, ["--quick"]))
+    search_epochs = [h for h in result["history"] if h["phase"] == "search"]
+    taus = [h["tau"] for h in search_epochs]
+    assert taus[-1] <= 0.2 and all(a > b for a, b in zip(taus, taus[1:]))       # the search anneals
+    executed = [h["executed_flops"] for h in search_epochs]
+    assert all(f > 0 for f in executed) and executed[-1] < executed[0]
 
 
 @pytest.mark.slow
@@ -179,6 +184,27 @@ def test_theta_step_task_gradient_reaches_alpha_and_beta():
         assert p.grad is not None and p.grad.abs().max() > 0
         assert not torch.equal(p.detach(), b)
     assert all(p.grad is None for p in searcher.supernet.parameters())   # only Θ's gradients are computed
+
+
+def test_temperature_anneals_to_tau_end_and_the_masked_forward_shrinks(tmp_path):
+    """FBNet's exponential τ from τ_0 to τ_end over the search epochs; options below ε drop out as τ falls."""
+    result = nss.run(tiny_cfg(tmp_path, epochs=7, warmup_epochs=2))
+    search_epochs = [h for h in result["history"] if h["phase"] == "search"]
+    taus = [h["tau"] for h in search_epochs]
+    assert [h["tau"] for h in result["history"][:2]] == [5.0, 5.0]          # the warmup does not use τ
+    assert taus[0] == 5.0 and taus[-1] == pytest.approx(0.1) and all(a > b for a, b in zip(taus, taus[1:]))
+    assert [h["executed_flops"] for h in result["history"][:2]] == [None, None]   # no Θ step in the warmup
+    executed = [h["executed_flops"] for h in search_epochs]
+    largest = ExpandedSearchSpace.reduced().largest_arch()
+    assert executed[0] > 0.5 * arch_flops(largest, ExpandedSearchSpace.reduced())   # τ = 5: nearly every option runs
+    assert executed[-1] < 0.5 * executed[0], executed                                # τ = 0.1: a few options remain
+    settings = search.SearchSettings(epochs=30, warmup_epochs=10)
+    searcher = search.Searcher(settings, ExpandedSearchSpace.reduced(), Options.nss(ExpandedSearchSpace.reduced()),
+                               torch.device("cpu"))
+    assert searcher.tau(10) == 5.0 and searcher.tau(29) == pytest.approx(0.1)
+    assert searcher.tau(20) == pytest.approx(5 * (0.1 / 5) ** (10 / 19))
+    with pytest.raises(runs.RunError, match="tau-end"):
+        runs.parse_config(nss.NSSConfig, ["--tau-end", "6"])
 
 
 def test_learning_rate_schedule():

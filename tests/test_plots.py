@@ -62,3 +62,15 @@ def test_every_plot_writes_a_png(tmp_path):
         assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
         assert (tmp_path / f"{stem}.pdf").stat().st_size > 1000
     assert format_flops(8.1e6) == "8.1MF" and format_flops(1.6e9) == "1.6GF" and format_flops(5.4e8) == "540MF"
+
+
+def test_rank_statistics_by_hand():
+    # two swapped neighbours in 5: 8 concordant and 2 discordant pairs; Σd² = 4
+    assert plots.kendall_tau([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == 0.6
+    assert plots.spearman_rho([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == 1 - 6 * 4 / (5 * 24)
+    # ties: τ-b = 4 / √(5 · 5); ρ on average ranks (1.5, 1.5, 3, 4) and (1, 2.5, 2.5, 4) = 3.75 / 4.5
+    assert plots.kendall_tau([1, 1, 2, 3], [1, 2, 2, 3]) == 0.8
+    assert abs(plots.spearman_rho([1, 1, 2, 3], [1, 2, 2, 3]) - 3.75 / 4.5) < 1e-12
+    assert plots.ranks([3.0, 1.0, 3.0, 2.0]).tolist() == [3.5, 1.0, 3.5, 2.0]
+    assert plots.kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0 and plots.spearman_rho([1, 2, 3], [30, 20, 10]) == -1.0
+    assert math.isnan(plots.kendall_tau([1, 1, 1], [1, 2, 3]))

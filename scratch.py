@@ -1,0 +1,243 @@
+"""Training networks on the whole training set (Table 1, "following the settings in [4]"), and keeping them.
+
+* ``TrainSettings`` and ``RECIPES``: how a network is trained. ``paper`` is [4]'s (DeVries & Taylor,
+  cutout) CIFAR setting, the one behind Table 1's errors: SGD with Nesterov momentum 0.9, batch 128,
+  learning rate 0.1 divided by 5 at epochs 60, 120 and 160 of 200, weight decay 5e-4, cutout 16×16
+  (CIFAR-10) or 8×8 (CIFAR-100), no label smoothing. ``fast`` is a short one-cycle recipe for quick and
+  GPU-scale runs (60 epochs at batch 512, cosine after a 2-epoch warmup, label smoothing 0.1).
+  ``supernet`` is the evaluation supernet's (§4.2, ``evaluate.py``).
+* ``train_from_scratch`` trains ``build(arch)`` for one seed; ``run_scratch`` runs the seeds, writes
+  ``scratch.json`` after each (resumable per seed) and keeps each seed's network as ``seed<N>.pt``.
+* ``load_network(path)`` gives a saved network back: ``net = load_network("runs/…/seed0.pt")``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import data as data_mod
+import runs
+from flops import arch_flops, arch_params
+from runs import RunError, RunSettings, option
+from search import SGDSettings, autocast, cosine_lr, train_step
+from space import Arch, ExpandedSearchSpace
+from supernet import Network, build
+
+RECIPES: dict[str, dict] = {
+    "paper": dict(epochs=200, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="step",
+                  milestones="60,120,160", lr_gamma=0.2, lr_warmup_epochs=0.0, label_smoothing=0.0, cutout=-1),
+    "fast": dict(epochs=60, batch_size=512, lr=0.4, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+                 milestones="", lr_gamma=0.2, lr_warmup_epochs=2.0, label_smoothing=0.1, cutout=-1),
+    "supernet": dict(epochs=30, batch_size=256, lr=0.2, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+                     milestones="", lr_gamma=0.2, lr_warmup_epochs=1.0, label_smoothing=0.0, cutout=0),
+}
+
+
+@dataclass
+class TrainSettings(SGDSettings):
+    """A training recipe (Table 1's [4], or a shorter one): every field left unset takes the recipe's value."""
+
+    recipe: str = option("paper", "paper ([4]: 200 epochs, ÷5 at 60/120/160) | fast (60-epoch one-cycle) | supernet")
+    lr: float = option(None)
+    momentum: float = option(None)
+    weight_decay: float = option(None)
+    epochs: int = option(None, "epochs over the whole training set")
+    batch_size: int = option(None, "batch size")
+    schedule: str = option(None, "learning-rate schedule: step (÷ at --milestones) | cosine (after --lr-warmup-epochs)")
+    milestones: str = option(None, "step schedule: epochs at which the learning rate is multiplied by --lr-gamma")
+    lr_gamma: float = option(None, "step schedule: the factor at each milestone (0.2: divided by 5)")
+    lr_warmup_epochs: float = option(None, "linear learning-rate warmup (epochs)")
+    label_smoothing: float = option(None, "label smoothing")
+    cutout: int = option(None, "side of cutout's hole after normalisation; -1: [4]'s, 16 (CIFAR-10) or 8 (CIFAR-100)")
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        for name, value in RECIPES[self.recipe].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+
+    def recipe_values(self) -> dict:
+        """The recipe's name and every value in force (what a result records)."""
+        return {"name": self.recipe, **{name: getattr(self, name) for name in RECIPES[self.recipe]}}
+
+    def check_training(self: RunSettings):
+        self.check_numbers(at_least_one=("epochs", "batch_size"), positive=("lr", "lr_gamma"),
+                           non_negative=("lr_warmup_epochs", "momentum", "weight_decay", "label_smoothing"))
+        if self.schedule not in ("step", "cosine"):
+            raise RunError(f"--schedule must be step or cosine, got {self.schedule!r}")
+        try:
+            [int(m) for m in self.milestones.split(",") if m.strip()]
+        except ValueError:
+            raise RunError(f"--milestones must be comma-separated epochs such as 60,120,160, got {self.milestones!r}") from None
+        if self.cutout < -1:
+            raise RunError(f"--cutout must be -1 ([4]'s size), 0 (off) or a size, got {self.cutout}")
+
+    def cutout_for(self, num_classes: int) -> int:
+        return data_mod.cutout_size(num_classes) if self.cutout == -1 else self.cutout
+
+    def lr_at(self, step: int, steps_per_epoch: int) -> float:
+        """The learning rate of a step: step decay at the milestones [4], or linear warmup then cosine to 0."""
+        if self.schedule == "step":
+            passed = sum(step >= int(m) * steps_per_epoch for m in self.milestones.split(",") if m.strip())
+            return self.lr * self.lr_gamma ** passed
+        return cosine_lr(self.lr, step, self.epochs * steps_per_epoch, int(self.lr_warmup_epochs * steps_per_epoch))
+
+
+@dataclass
+class ScratchConfig(RunSettings, TrainSettings):
+    """From-scratch training of one architecture over several seeds (Table 1, the settings of [4])."""
+
+    arch: str = option("", "a nas.json, an architecture JSON file, or inline JSON {\"depths\": [...], \"widths\": [...]}")
+    seeds: int = option(3, "independent runs (the paper: 3)")
+    eval_every: int = option(1, "test every this many epochs (history for time-to-accuracy)")
+
+    QUICK = {**RunSettings.QUICK, "recipe": "fast", "seeds": 2, "epochs": 3, "batch_size": 64, "lr": 0.1,
+             "lr_warmup_epochs": 0.5, "cutout": 8}
+
+    def check(self):
+        super().check()
+        self.check_training()
+        self.check_numbers(at_least_one=("seeds", "eval_every"))
+
+    def default_name(self) -> str:
+        return f"scratch-{self.dataset}-s{self.seed}"
+
+
+def load_arch(spec: str, ess: ExpandedSearchSpace) -> Arch:
+    """An architecture from a nas.json (its ``arch``), a JSON file or inline JSON."""
+    text = spec
+    if not spec.lstrip().startswith("{"):
+        try:
+            text = Path(spec).read_text()
+        except OSError as e:
+            raise RunError(f"cannot read the architecture file {spec}: {e.strerror or e}") from None
+    try:
+        d = json.loads(text)
+        return Arch.from_dict(d["arch"] if isinstance(d, dict) and "arch" in d else d).validate(ess)
+    except (ValueError, TypeError) as e:
+        raise RunError(f"malformed architecture JSON in {spec}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring and keeping networks
+# --------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def test_error(forward: Callable, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 error in percent of ``forward`` on normalised images."""
+    wrong = torch.zeros((), dtype=torch.long, device=labels.device)
+    for x, y in zip(images.split(batch_size), labels.split(batch_size)):
+        wrong += (forward(x).argmax(1) != y).sum()
+    return 100.0 * float(wrong) / len(labels)
+
+
+def eval_tensors(data: data_mod.ImageData, calib_images: int, test_images: int | None, seed: int,
+                 channels_last: bool = False):
+    """Normalised BN-calibration images (a seeded subset of the training set) and test images."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    idx = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(seed))[:calib_images]
+    calib = data_mod.normalize(data.train_x[idx.to(data.train_x.device)], data.mean, data.std).contiguous(memory_format=fmt)
+    n = len(data.test_y) if not test_images else min(test_images, len(data.test_y))
+    test = data_mod.normalize(data.test_x[:n], data.mean, data.std).contiguous(memory_format=fmt)
+    return calib, test, data.test_y[:n]
+
+
+def save_network(path: Path, net: Network, ess: ExpandedSearchSpace, **extra):
+    """A standalone network file: its architecture, its space and its weights (CPU tensors), atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    payload = {"arch": net.arch.to_dict(), "ess": ess.to_dict(), "state": state, **extra}
+    runs.write_atomic(Path(path), lambda p: torch.save(payload, p))
+
+
+def load_network(path: str | Path, device="cpu") -> Network:
+    """A network saved by ``save_network`` (``run_scratch``'s seed<N>.pt, ``evaluate.py export``), in eval mode."""
+    saved = runs.load_checkpoint(Path(path))
+    try:
+        net = build(Arch.from_dict(saved["arch"]), ExpandedSearchSpace.from_dict(saved["ess"]))
+        net.load_state_dict(saved["state"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise RunError(f"{path} is not a network written by this project ({type(e).__name__})") from None
+    return net.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Training from scratch (Table 1)
+# --------------------------------------------------------------------------------------------
+
+def train_from_scratch(arch: Arch, ess: ExpandedSearchSpace, data: data_mod.ImageData, cfg: ScratchConfig,
+                       seed: int) -> tuple[dict, Network]:
+    """Train ``build(arch)`` from scratch by the recipe; the final test error, its history and the network."""
+    device = runs.resolve_device(cfg.device)
+    amp = cfg.amp and device.type == "cuda"
+    data = data.to(device)
+    torch.manual_seed(seed)
+    net = build(arch, ess).to(device)
+    if amp:
+        net = net.to(memory_format=torch.channels_last)
+    opt = cfg.sgd(net.parameters())
+    loader = data_mod.Loader(data.train_x, data.train_y, data.mean, data.std, min(cfg.batch_size, len(data.train_y)),
+                             data_mod.make_generator(device, seed), cutout=cfg.cutout_for(data.num_classes),
+                             channels_last=amp)
+    _, test_x, test_y = eval_tensors(data, 0, None, seed, channels_last=amp)
+    history, start, step = [], time.time(), 0
+    # one fixed network: let cuDNN pick the fastest kernels (the supernets' changing shapes must not)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    for epoch in tqdm(range(cfg.epochs), desc=f"scratch seed {seed}", leave=False, disable=not cfg.progress):
+        net.train()
+        for x, y in loader:
+            train_step(net, opt, x, y, cfg.lr_at(step, len(loader)), amp, cfg.label_smoothing)
+            step += 1
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            net.eval()
+            with autocast(device, amp):
+                error = test_error(net, test_x, test_y)
+            history.append({"epoch": epoch + 1, "test_error": error, "seconds": time.time() - start})
+    torch.backends.cudnn.benchmark = False
+    result = {"seed": seed, "error": history[-1]["test_error"], "history": history, "seconds": time.time() - start}
+    return result, net.eval()
+
+
+def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.ImageData | None = None,
+                run_dir: Path | None = None) -> dict:
+    """Train an architecture over ``cfg.seeds`` seeds; writes scratch.json and seed<N>.pt after every seed
+    (resumable per seed). With an ``--arch`` nas.json the result goes beside it, so that ``table`` pairs them."""
+    cfg.check()
+    ess = cfg.ess_for(data)
+    if arch is None and not cfg.arch:
+        raise RunError("--arch is required: a nas.json, an architecture JSON file or inline JSON")
+    arch = arch or load_arch(cfg.arch, ess)
+    if run_dir is None:
+        beside_nas = cfg.arch.endswith("nas.json") and not cfg.name
+        run_dir = Path(cfg.arch).parent if beside_nas else Path(cfg.out) / (cfg.name or cfg.default_name())
+    out = run_dir / "scratch.json"
+    trained = []
+    if out.exists() and not cfg.overwrite:
+        previous = json.loads(out.read_text())
+        if not cfg.resume:
+            raise RunError(f"{out} exists: pass --resume to finish its seeds or --overwrite to replace it")
+        if previous["arch"] != arch.to_dict():
+            raise RunError(f"{out} holds another architecture; use --overwrite or another --name")
+        trained = previous["runs"]
+    data = runs.load_data(cfg, ess) if data is None else data
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = {}
+    recipe = {**cfg.recipe_values(), "cutout": cfg.cutout_for(ess.num_classes)}
+    for seed in range(cfg.seed + len(trained), cfg.seed + cfg.seeds):
+        run, net = train_from_scratch(arch, ess, data, cfg, seed)
+        save_network(run_dir / f"seed{seed}.pt", net, ess, error=run["error"], recipe=recipe, dataset=cfg.dataset)
+        trained.append({**run, "weights": f"seed{seed}.pt"})
+        errors = [r["error"] for r in trained]
+        result = {"arch": arch.to_dict(), "flops": arch_flops(arch, ess), "params": arch_params(arch, ess),
+                  "dataset": cfg.dataset, "recipe": recipe, "errors": errors, "mean": float(np.mean(errors)),
+                  "std": float(np.std(errors)), "runs": trained, "config": dataclasses.asdict(cfg)}
+        runs.write_json(out, result)
+    return result or json.loads(out.read_text())
