@@ -109,7 +109,8 @@ def bench_plain(ess, device, amp, sizes, steps) -> list[dict]:
     for n in sizes:
         x, y = batch(n, ess, device, amp)
         step = lambda: train_step(net, opt, x, y, 0.01, amp)
-        rows.append(row(f"plain largest network, batch {n}", timed(step, steps, device), n, counted_flops(step)))
+        rows.append(row(f"plain largest network, batch {n}", timed(step, steps, device), n, counted_flops(step),
+                        macs=arch_flops(ess.largest_arch(), ess), batch=n))
     torch.backends.cudnn.benchmark = False   # the supernet's shapes change every step: autotuning would dominate
     return rows
 
@@ -122,7 +123,8 @@ def bench_masked(ess, device, amp, sizes, steps) -> list[dict]:
     for n in sizes:
         x, y = batch(n, ess, device, amp)
         step = lambda: searcher.theta_step(x, y, tau=5.0, target=settings.target, lam=settings.lam)
-        rows.append(row(f"masked Θ step, full space, batch {n}", timed(step, steps, device), n, counted_flops(step)))
+        rows.append(row(f"masked Θ step, full space, batch {n}", timed(step, steps, device), n, counted_flops(step),
+                        macs=arch_flops(ess.largest_arch(), ess), batch=n))
     return rows
 
 
@@ -144,7 +146,7 @@ def bench_sliced(ess, device, amp, batch_size, targets, big_batch, steps) -> lis
         x, y = batch(n, ess, device, amp)
         step = lambda: train_step(lambda inp: supernet(inp, arch), opt, x, y, 0.01, amp)
         rows.append(row(f"sliced weight step {format_flops(arch_flops(arch, ess))} {arch}, batch {n}",
-                        timed(step, steps, device), n, counted_flops(step)))
+                        timed(step, steps, device), n, counted_flops(step), macs=arch_flops(arch, ess), batch=n))
     return rows
 
 
