@@ -90,6 +90,19 @@ class SearchSettings(SGDSettings):
                 raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {getattr(self, name)}")
 
 
+class Diverged(Exception):
+    """Training diverged; the message is one line: what diverged, and which setting to change."""
+
+
+def check_loss(losses: Sequence[float], num_classes: int, what: str, hint: str, far: float = 3.0) -> bool:
+    """Diverged if the last epoch mean loss is not finite or the last two exceed far·ln C; else if the last does."""
+    chance, last = math.log(max(2, num_classes)), losses[-1]
+    if not math.isfinite(last) or (len(losses) > 1 and min(losses[-2:]) > far * chance):
+        raise Diverged(f"training diverged: {what} is {last:.3g} in epoch {len(losses)} (chance is "
+                       f"ln({num_classes}) = {chance:.2f}): {hint}")
+    return last > far * chance
+
+
 def check_target(target: float, options: Options, ess: ExpandedSearchSpace, what: str):
     """Raise ValueError unless some choice of ``options`` reaches the FLOPs target (Eq. 4)."""
     lo, hi = flops_range(options, ess)
@@ -231,7 +244,7 @@ class Searcher:
             if self.amp:
                 self.supernet = self.supernet.to(memory_format=torch.channels_last)
             self.weight_opt = settings.sgd(self.supernet.parameters())
-        self.epoch, self.step, self.history, self.seconds = 0, 0, [], 0.0
+        self.epoch, self.step, self.history, self.seconds, self.suspect = 0, 0, [], 0.0, False
 
     # ---- one step each ------------------------------------------------------------------
     def weight_step(self, x: torch.Tensor, y: torch.Tensor, lr: float, uniform: bool) -> torch.Tensor:
@@ -262,6 +275,9 @@ class Searcher:
         for p, g in zip(params, torch.autograd.grad(loss, params)):
             p.grad = g
         self.arch_opt.step()
+        if not all(bool(p.isfinite().all()) for p in params):      # Θ is on the host: no device sync
+            hint = f"--lr (now {self.settings.lr:g})" if not bool(task.isfinite()) else f"--arch-lr (now {self.settings.arch_lr:g})"
+            raise Diverged(f"training diverged: Θ is not finite after step {self.step}: lower {hint}")
         return task.detach(), flops_term.detach()
 
     # ---- epochs -------------------------------------------------------------------------
@@ -295,9 +311,7 @@ class Searcher:
         """One epoch: weight steps only during warmup, then alternating weight and Θ steps."""
         s, epoch, steps = self.settings, self.epoch, self.steps
         train, val = self.loaders if s.task_loss else (None, None)
-        warmup = epoch < s.warmup_epochs
-        tau = self.tau(epoch)
-        start = time.time()
+        warmup, tau, start = epoch < s.warmup_epochs, self.tau(epoch), time.time()
         sums = {"loss": 0.0, "task_loss": 0.0, "flops_loss": 0.0}
         none = itertools.repeat((None, None))
         train_batches = iter(train) if train is not None else none
@@ -319,9 +333,11 @@ class Searcher:
                   **{k: float(v) / steps for k, v in sums.items()},
                   "expected_flops": self.expected_flops(), "tau": tau, "seconds": time.time() - start,
                   "most_likely": self.theta.most_likely().to_dict()}
+        if self.supernet is not None:     # one host sync per epoch; Diverged leaves the last checkpoint alone
+            self.suspect = check_loss([h["loss"] for h in self.history] + [record["loss"]], self.ess.num_classes,
+                                      "the supernet's training loss", f"lower --lr (now {s.lr:g})")
         self.history.append(record)
-        self.epoch += 1
-        self.seconds += record["seconds"]
+        self.epoch, self.seconds = self.epoch + 1, self.seconds + record["seconds"]
         return record
 
     @torch.no_grad()

@@ -1,5 +1,6 @@
 """nss.py and search.py: the search steers, runs, resumes exactly, and its CLI fails cleanly on bad input."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +187,16 @@ def test_learning_rate_schedule():
     # linear warmup to the peak, then a cosine from the peak to 0 over the remaining steps
     assert [search.cosine_lr(0.4, s, 12, warmup=4) for s in range(4)] == [0.1, 0.2, 0.30000000000000004, 0.4]
     assert search.cosine_lr(0.4, 4, 12, warmup=4) == 0.4 and search.cosine_lr(0.4, 8, 12, warmup=4) == pytest.approx(0.2)
+
+
+# ---- 6. divergence stops the run, and never overwrites a good checkpoint --------------------------
+
+def test_the_divergence_rule():
+    """Not finite, or above 3·ln C for two epochs in a row; one such epoch is only suspect (not checkpointed)."""
+    chance = math.log(10)
+    assert search.check_loss([2.3, 1.9], 10, "loss", "hint") is False
+    assert search.check_loss([2.3, 3.1 * chance], 10, "loss", "hint") is True
+    assert search.check_loss([3.1 * chance, 2.0], 10, "loss", "hint") is False
+    for losses in ([float("nan")], [2.3, float("inf")], [3.1 * chance, 3.1 * chance]):
+        with pytest.raises(search.Diverged, match="hint"):
+            search.check_loss(losses, 10, "loss", "hint")
