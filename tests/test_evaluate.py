@@ -141,3 +141,22 @@ def test_cli_rejects_a_corrupt_supernet_file(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     proc = run_cli("score", "--supernet", "bad.pt", cwd=tmp_path)
     assert proc.returncode == 2 and "corrupt" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# ---- divergence, bad side files ------------------------------------------------------------------
+
+def test_table_skips_a_corrupt_or_foreign_nas_json_with_one_line(tmp_path, capsys):
+    good = {"dataset": "synthetic", "target": 4e6, "space_source": "full", "flops": 3.9e6, "deviation": 0.025,
+            "samples": 5}
+    for name, content in (("good", json.dumps(good)), ("corrupt", '{"dataset": "synth'), ("foreign", '{"a": 1}'),
+                          ("binary", b"\xff\xfe\x00")):
+        (tmp_path / name).mkdir()
+        path = tmp_path / name / "nas.json"
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    (tmp_path / "good" / "scratch.json").write_text("[1, 2")
+    markdown = ev.run_table(ev.TableConfig(runs=str(tmp_path), out=str(tmp_path / "table1")))
+    assert "CX 4MF" in markdown
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 4 and all(w.startswith("warning: skipping ") for w in warnings)
+    for name in ("binary/nas.json", "corrupt/nas.json", "foreign/nas.json", "good/scratch.json"):
+        assert sum(name in w for w in warnings) == 1, (name, warnings)
