@@ -36,7 +36,7 @@ import plots
 import runs
 from flops import arch_flops, arch_params, batch_arch_flops
 from runs import RunError, RunSettings, option
-from search import SGDSettings, autocast, cosine_lr, train_step
+from search import SGDSettings, autocast, check_loss, cosine_lr, train_step
 from space import Arch, ExpandedSearchSpace, Space
 from supernet import SuperNet, build, recalibrate_bn
 
@@ -102,6 +102,7 @@ class SupernetConfig(RunSettings, TrainSettings):
     def check(self):
         super().check()
         self.check_training()
+        self.check_memory(self.supernet_memory())
 
     def default_name(self) -> str:
         return f"evalnet-{self.dataset}-{nas.space_label(self.space)}-s{self.seed}"
@@ -120,7 +121,7 @@ class SupernetTrainer:
         self.opt = cfg.sgd(self.supernet.parameters())
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.data_gen = data_mod.make_generator(device, cfg.seed + 1)
-        self.epoch, self.step, self.history, self.seconds = 0, 0, [], 0.0
+        self.epoch, self.step, self.history, self.seconds, self.suspect = 0, 0, [], 0.0, False
 
     def attach(self, data: data_mod.ImageData):
         self.loader = data_mod.Loader(data.train_x, data.train_y, data.mean, data.std,
@@ -148,6 +149,8 @@ class SupernetTrainer:
                                    self.amp, self.cfg.label_smoothing)
             self.step += 1
         record = {"epoch": self.epoch + 1, "loss": float(loss_sum) / len(self.loader), "seconds": time.time() - start}
+        self.suspect = check_loss([h["loss"] for h in self.history] + [record["loss"]], self.ess.num_classes,
+                                  "the supernet's training loss", f"lower --lr (now {self.cfg.lr:g})")
         self.history.append(record)
         self.epoch += 1
         self.seconds += record["seconds"]
@@ -181,16 +184,16 @@ def train_supernet(cfg: SupernetConfig, data: data_mod.ImageData | None = None, 
     cfg.check()
     ess = cfg.ess_for(data)
     space = nas.load_space(cfg.space, ess)
-    run_dir = runs.check_run_dir(cfg, cfg.default_name())
-    device = runs.resolve_device(cfg.device)
-    data = runs.load_data(cfg, ess, device) if data is None else data.to(device)
-    trainer = SupernetTrainer(cfg, ess, space, device)
-    runs.train_run(trainer, cfg, run_dir, ess, data, device, callback)
-    runs.write_atomic(run_dir / "supernet.pt", lambda p: torch.save({"ess": ess.to_dict(), "space": space.to_dict(),
-                                                                    "state": trainer.supernet.state_dict()}, p))
-    result = {"space": space.to_dict(), "ess": ess.to_dict(), "dataset": cfg.dataset, "history": trainer.history,
-              "seconds": trainer.seconds, "supernet": str(run_dir / "supernet.pt")}
-    runs.write_json(run_dir / "train.json", result)
+    with runs.run_folder(Path(cfg.out) / (cfg.name or cfg.default_name()), cfg) as run_dir:
+        device = runs.resolve_device(cfg.device)
+        data = runs.load_data(cfg, ess, device) if data is None else data.to(device)
+        trainer = SupernetTrainer(cfg, ess, space, device)
+        runs.train_run(trainer, cfg, run_dir, ess, data, device, callback)
+        state = {"ess": ess.to_dict(), "space": space.to_dict(), "state": trainer.supernet.state_dict()}
+        runs.write_atomic(run_dir / "supernet.pt", lambda p: runs.save_torch(state, p))
+        result = {"space": space.to_dict(), "ess": ess.to_dict(), "dataset": cfg.dataset, "history": trainer.history,
+                  "seconds": trainer.seconds, "supernet": str(run_dir / "supernet.pt")}
+        runs.write_json(run_dir / "train.json", result)
     return trainer.supernet, result
 
 
@@ -294,6 +297,8 @@ def load_arch(spec: str, ess: ExpandedSearchSpace) -> Arch:
             text = Path(spec).read_text()
         except OSError as e:
             raise RunError(f"cannot read the architecture file {spec}: {e.strerror or e}") from None
+        except ValueError:
+            raise RunError(f"malformed architecture JSON in {spec}: it is not UTF-8 text") from None
     try:
         d = json.loads(text)
         return Arch.from_dict(d["arch"] if isinstance(d, dict) and "arch" in d else d).validate(ess)
@@ -315,15 +320,18 @@ def train_from_scratch(arch: Arch, ess: ExpandedSearchSpace, data: data_mod.Imag
     loader = data_mod.Loader(data.train_x, data.train_y, data.mean, data.std, min(cfg.batch_size, len(data.train_y)),
                              data_mod.make_generator(device, seed), cutout=cfg.cutout, channels_last=amp)
     _, test_x, test_y = eval_tensors(data, 0, None, seed, channels_last=amp)
-    history, start, step = [], time.time(), 0
+    history, losses, start, step = [], [], time.time(), 0
     # one fixed network: let cuDNN pick the fastest kernels (the supernets' changing shapes must not)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     for epoch in tqdm(range(cfg.epochs), desc=f"scratch seed {seed}", leave=False, disable=not cfg.progress):
         net.train()
+        loss_sum = torch.zeros((), device=device)
         for x, y in loader:
             lr = cosine_lr(cfg.lr, step, cfg.epochs * len(loader), int(cfg.lr_warmup_epochs * len(loader)))
-            train_step(net, opt, x, y, lr, amp, cfg.label_smoothing)
+            loss_sum += train_step(net, opt, x, y, lr, amp, cfg.label_smoothing)
             step += 1
+        losses.append(float(loss_sum) / len(loader))     # one host sync per epoch
+        check_loss(losses, ess.num_classes, f"the training loss of {arch} (seed {seed})", f"lower --lr (now {cfg.lr:g})")
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             net.eval()
             with autocast(device, amp):
@@ -348,25 +356,25 @@ def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.Ima
         beside_nas = cfg.arch.endswith("nas.json") and not cfg.name
         run_dir = Path(cfg.arch).parent if beside_nas else Path(cfg.out) / (cfg.name or cfg.default_name())
     out = run_dir / "scratch.json"
-    trained = []
-    if out.exists() and not cfg.overwrite:
-        previous = json.loads(out.read_text())
-        if not cfg.resume:
-            raise RunError(f"{out} exists: pass --resume to finish its seeds or --overwrite to replace it")
-        if previous["arch"] != arch.to_dict():
+    with runs.run_folder(run_dir, cfg, own=(out.name,), progress=out.name):
+        try:
+            result = json.loads(out.read_text()) if cfg.resume else {}
+            trained, same_arch = list(result.get("runs", [])), not result or result["arch"] == arch.to_dict()
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise RunError(f"{out} is corrupt ({type(e).__name__}): pass --overwrite to start over") from None
+        if not same_arch:
             raise RunError(f"{out} holds another architecture; use --overwrite or another --name")
-        trained = previous["runs"]
-    data = runs.load_data(cfg, ess) if data is None else data
-    run_dir.mkdir(parents=True, exist_ok=True)
-    result = {}
-    for seed in range(cfg.seed + len(trained), cfg.seed + cfg.seeds):
-        trained.append(train_from_scratch(arch, ess, data, cfg, seed))
-        errors = [r["error"] for r in trained]
-        result = {"arch": arch.to_dict(), "flops": arch_flops(arch, ess), "params": arch_params(arch, ess),
-                  "dataset": cfg.dataset, "errors": errors, "mean": float(np.mean(errors)),
-                  "std": float(np.std(errors)), "runs": trained, "config": cfg.to_dict()}
-        runs.write_json(out, result)
-    return result or json.loads(out.read_text())
+        data = runs.load_data(cfg, ess) if data is None else data
+        data_print = runs.fingerprint(data)
+        runs.check_same_data(data_print, result.get("data"), str(out))
+        for seed in range(cfg.seed + len(trained), cfg.seed + cfg.seeds):
+            trained.append(train_from_scratch(arch, ess, data, cfg, seed))
+            errors = [r["error"] for r in trained]
+            result = {"arch": arch.to_dict(), "flops": arch_flops(arch, ess), "params": arch_params(arch, ess),
+                      "dataset": cfg.dataset, "errors": errors, "mean": float(np.mean(errors)),
+                      "std": float(np.std(errors)), "runs": trained, "config": cfg.to_dict(), "data": data_print}
+            runs.write_json(out, result)
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -394,6 +402,9 @@ class ScoreConfig(RunSettings):
             raise RunError("--supernet is required: a supernet.pt written by `evaluate.py supernet`")
         if self.ordering not in ("", "regnet", "elite"):
             raise RunError(f"--ordering must be regnet or elite, got {self.ordering!r}")
+        if self.flops_max and self.flops_min > self.flops_max:
+            raise RunError(f"--flops-min {self.flops_min:g} is above --flops-max {self.flops_max:g}: no architecture is in between")
+        self.check_memory((f"--n {self.n}", 500 * self.n, "the sampled and scored architectures", False))
 
     def default_name(self) -> str:
         return f"scores-{self.dataset}-s{self.seed}"
@@ -406,22 +417,24 @@ def run_score(cfg: ScoreConfig) -> dict:
     supernet = load_supernet(cfg.supernet, device)
     ess = supernet.ess
     spaces = {spec: nas.load_space(spec, ess) for spec in cfg.spaces.split(",")}
-    run_dir = Path(cfg.out) / (cfg.name or cfg.default_name())
-    if (run_dir / "scores.json").exists() and not cfg.overwrite:
-        raise RunError(f"{run_dir}/scores.json exists: pass --overwrite or another --name")
-    data = runs.load_data(cfg, ess, device)
     band = (cfg.flops_min, cfg.flops_max or math.inf) if (cfg.flops_min or cfg.flops_max) else None
-    g = torch.Generator().manual_seed(cfg.seed)
-    result = {"dataset": cfg.dataset, "supernet": cfg.supernet, "ordering": cfg.ordering, "band": band, "spaces": {}}
-    for spec, space in spaces.items():
-        archs = sample_archs(space, cfg.n, ess, g, band, cfg.ordering or None)
-        scores = score_archs(supernet, archs, data, cfg.calib_images, cfg.test_images or None, cfg.batch_size,
-                             cfg.seed, cfg.amp, cfg.progress)
-        result["spaces"][spec] = {"space": space.to_dict(), "scores": scores}
-        print(f"{spec}: {len(scores)} architectures, median error {np.median([s['error'] for s in scores]):.2f}%",
-              file=sys.stderr)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    runs.write_json(run_dir / "scores.json", result)
+    for spec, space in spaces.items():    # a band no architecture reaches: FLOPs grow with every depth and width
+        lo, hi = (arch_flops(Arch(*(tuple(r[k] for r in rs) for rs in (space.depths, space.widths))), ess) for k in (0, 1))
+        if band and (band[1] < lo or band[0] > hi):
+            raise RunError(f"no architecture of {spec} has {band[0]:.4g} to {band[1]:.4g} FLOPs: "
+                           f"its architectures have {lo:.4g} to {hi:.4g}")
+    with runs.run_folder(Path(cfg.out) / (cfg.name or cfg.default_name()), cfg, own=("scores.json",), progress=None) as run_dir:
+        data = runs.load_data(cfg, ess, device)
+        g = torch.Generator().manual_seed(cfg.seed)
+        result = {"dataset": cfg.dataset, "supernet": cfg.supernet, "ordering": cfg.ordering, "band": band, "spaces": {}}
+        for spec, space in spaces.items():
+            archs = sample_archs(space, cfg.n, ess, g, band, cfg.ordering or None)
+            scores = score_archs(supernet, archs, data, cfg.calib_images, cfg.test_images or None, cfg.batch_size,
+                                 cfg.seed, cfg.amp, cfg.progress)
+            result["spaces"][spec] = {"space": space.to_dict(), "scores": scores}
+            print(f"{spec}: {len(scores)} architectures, median error {np.median([s['error'] for s in scores]):.2f}%",
+                  file=sys.stderr)
+        runs.write_json(run_dir / "scores.json", result)
     return result
 
 

@@ -145,6 +145,18 @@ def test_cli_rejects_a_corrupt_supernet_file(tmp_path):
 
 # ---- divergence, bad side files ------------------------------------------------------------------
 
+def test_supernet_and_scratch_training_stop_when_they_diverge(tmp_path):
+    from search import Diverged
+    small = {**COMMON, "synthetic_size": 256}
+    data = runs.load_data(runs.RunSettings(**small), ESS)
+    with pytest.raises(Diverged, match="supernet's training loss .* lower --lr \\(now 1e\\+30\\)"):
+        ev.train_supernet(ev.SupernetConfig(**small, out=str(tmp_path), epochs=3, batch_size=64, lr=1e30), data)
+    cfg = ev.ScratchConfig(**small, out=str(tmp_path), seeds=1, epochs=3, batch_size=64, lr=1e30)
+    with pytest.raises(Diverged, match="training loss of .* lower --lr"):
+        ev.run_scratch(cfg, Arch((1, 1, 1), (4, 4, 4)), data, run_dir=tmp_path / "scratch")
+    assert list(tmp_path.iterdir()) == []     # nothing good was saved, nothing is left
+
+
 def test_table_skips_a_corrupt_or_foreign_nas_json_with_one_line(tmp_path, capsys):
     good = {"dataset": "synthetic", "target": 4e6, "space_source": "full", "flops": 3.9e6, "deviation": 0.025,
             "samples": 5}
@@ -160,3 +172,11 @@ def test_table_skips_a_corrupt_or_foreign_nas_json_with_one_line(tmp_path, capsy
     assert len(warnings) == 4 and all(w.startswith("warning: skipping ") for w in warnings)
     for name in ("binary/nas.json", "corrupt/nas.json", "foreign/nas.json", "good/scratch.json"):
         assert sum(name in w for w in warnings) == 1, (name, warnings)
+
+
+def test_scratch_resume_with_a_corrupt_scratch_json_is_one_line(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "scratch.json").write_text('{"arch": ')
+    cfg = ev.ScratchConfig(**COMMON, out=str(tmp_path), resume=True)
+    with pytest.raises(runs.RunError, match="scratch.json is corrupt .*--overwrite"):
+        ev.run_scratch(cfg, Arch((1, 1, 1), (4, 4, 4)), run_dir=tmp_path / "s")

@@ -100,3 +100,10 @@ def test_cli_rejects_bad_space_files(tmp_path, content, message):
 def test_cli_rejects_a_target_outside_the_space(tmp_path):
     proc = run_cli("--quick", "--target", "1e9", cwd=tmp_path)
     assert proc.returncode == 2 and "outside the FLOPs range" in proc.stderr
+
+
+def test_a_space_file_that_is_not_utf8_is_one_line(tmp_path):
+    from runs import RunError
+    (tmp_path / "space.json").write_bytes(b"\xff\xfe{\x00")
+    with pytest.raises(RunError, match="not UTF-8"):
+        nas.load_space(str(tmp_path / "space.json"), ExpandedSearchSpace.reduced())

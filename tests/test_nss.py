@@ -191,6 +191,31 @@ def test_learning_rate_schedule():
 
 # ---- 6. divergence stops the run, and never overwrites a good checkpoint --------------------------
 
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    def poison_the_weights(searcher, record):
+        if record["epoch"] == 1:
+            with torch.no_grad():
+                for p in searcher.supernet.parameters():
+                    p.fill_(float("nan"))
+    cfg = tiny_cfg(tmp_path, epochs=2, warmup_epochs=1, name="nan")
+    with pytest.raises(search.Diverged, match="training diverged.*lower --lr") as e:
+        nss.run(cfg, callback=poison_the_weights)   # a Θ step on NaN weights: stopped before torch.multinomial fails
+    assert "\n" not in str(e.value) and "--overwrite" in str(e.value)
+    state = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["supernet"].values() if v.is_floating_point())
+    assert not (tmp_path / "nan" / "result.json").exists()
+    with pytest.raises(SystemExit) as exit_:
+        runs.cli(lambda argv: nss.run(tiny_cfg(tmp_path, epochs=2, warmup_epochs=1, name="nan2"),
+                                      callback=poison_the_weights))
+    assert exit_.value.code == 3 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_huge_learning_rate_is_stopped_without_a_checkpoint(tmp_path):
+    with pytest.raises(search.Diverged, match="lower --lr \\(now 1e\\+30\\)"):
+        nss.run(tiny_cfg(tmp_path, epochs=2, warmup_epochs=1, lr=1e30, name="huge"))
+    assert not (tmp_path / "huge").exists()     # nothing good was ever saved: a plain rerun starts clean
+
+
 def test_the_divergence_rule():
     """Not finite, or above 3·ln C for two epochs in a row; one such epoch is only suspect (not checkpointed)."""
     chance = math.log(10)
@@ -200,3 +225,36 @@ def test_the_divergence_rule():
     for losses in ([float("nan")], [2.3, float("inf")], [3.1 * chance, 3.1 * chance]):
         with pytest.raises(search.Diverged, match="hint"):
             search.check_loss(losses, 10, "loss", "hint")
+
+
+# ---- 9. resume only on the data the run started on ------------------------------------------------
+
+def image_folder(root: Path, classes=("a", "b"), train=16, test=4):
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", train), ("test", test)):
+        for k, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = (torch.rand(32, 32, 3, generator=g) * 80 + 60 * k).byte().numpy()
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+
+@pytest.mark.parametrize("change", ["fewer images", "another class"])
+def test_resume_refuses_other_data(tmp_path, change):
+    image_folder(tmp_path / "images")
+    cfg = dict(dataset="folder", data_dir=str(tmp_path / "images"), **REDUCED, target=6e6, batch_size=8,
+               progress=False, epochs=3, warmup_epochs=1, out=str(tmp_path), name="r")
+
+    def die_after_epoch_1(searcher, record):
+        raise Kill
+    with pytest.raises(Kill):
+        nss.run(nss.NSSConfig(**cfg), callback=die_after_epoch_1)
+    if change == "fewer images":
+        for f in list((tmp_path / "images" / "train" / "a").iterdir())[:4]:
+            f.unlink()
+    else:
+        image_folder(tmp_path / "images", classes=("c",))
+    with pytest.raises(runs.RunError, match="written on other data") as e:
+        nss.run(nss.NSSConfig(**cfg, resume=True))
+    assert "\n" not in str(e.value) and ("training images 32 → 28" if change == "fewer images" else "classes 2 → 3") in str(e.value)
