@@ -24,8 +24,8 @@ from space import REDUCED, ExpandedSearchSpace
 from supernet import SuperNet
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(dataset="synthetic", synthetic_size=256, **REDUCED, target=6e6, batch_size=32, progress=False,
-            epochs=2, warmup_epochs=1)
+TINY = dict(dataset="synthetic", synthetic_size=128, **REDUCED, target=6e6, batch_size=32, progress=False,
+            epochs=1, warmup_epochs=0)      # two steps: these tests are about the files around the run
 
 
 def tiny_cfg(tmp_path, **kw):
@@ -53,7 +53,7 @@ def test_a_second_run_on_a_held_folder_is_refused_and_the_first_completes_intact
             with pytest.raises(runs.RunError, match="in use by another run") as e:
                 nss.run(tiny_cfg(tmp_path, name="shared", lam=2.0))
             refused.append(str(e.value))
-    first = nss.run(tiny_cfg(tmp_path, name="shared"), callback=start_a_second_run)
+    first = nss.run(tiny_cfg(tmp_path, name="shared", epochs=2), callback=start_a_second_run)
     assert len(refused) == 1 and "\n" not in refused[0] and f"pid {os.getpid()}" in refused[0]
     run_dir = tmp_path / "shared"
     assert json.loads((run_dir / "config.json").read_text())["config"]["lam"] == 1.0     # the first run's
@@ -149,20 +149,26 @@ def unprivileged(fn):
     pid = os.fork()
     if pid == 0:     # the child: never returns into pytest
         try:
-            os.setuid(65534)
+            signal.alarm(60)      # a child stuck (say, in a thread pool forked mid-use) dies instead
+            try:
+                os.setuid(65534)
+            except OSError:
+                os.write(write, b'"cannot drop root"')
+                os._exit(0)
             try:
                 out = fn()
             except Exception as e:
                 out = (type(e).__name__, str(e))
             os.write(write, json.dumps(out).encode())
-        except BaseException:
-            os.write(write, b'"cannot drop root"')
         finally:
             os._exit(0)
     os.close(write)
     with os.fdopen(read) as f:
-        out = json.loads(f.read() or '"cannot drop root"')
+        text = f.read()
     os.waitpid(pid, 0)
+    if not text:
+        pytest.fail("the unprivileged child died or hung")
+    out = json.loads(text)
     if out == "cannot drop root":
         pytest.skip("cannot drop root's file permissions here")
     return tuple(out) if isinstance(out, list) else out
