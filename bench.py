@@ -17,7 +17,6 @@ training steps count forward and backward as torch.utils.flop_counter counts the
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import platform
 import time
@@ -32,7 +31,8 @@ import evaluate
 import runs
 from flops import arch_flops, flops_range, format_flops, space_flops
 from scratch import ScratchConfig, train_from_scratch
-from search import SearchSettings, Searcher, train_step
+from search import SearchSettings, Searcher
+from training import train_step
 from space import Arch, ExpandedSearchSpace, Options
 from supernet import SuperNet, build
 
@@ -244,7 +244,7 @@ def print_rows(rows: list[dict]):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = runs._Parser(description=__doc__.split("\n\n")[0])      # errors are one line, exit code 2
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds on a CPU (the tests run this)")
     parser.add_argument("--data-dir", default="", help="an image-folder copy of CIFAR-10 for the from-scratch benchmark")
@@ -255,8 +255,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg = quick_config(args.device) if args.quick else BenchConfig(device=args.device)
     cfg.data_dir, cfg.out = args.data_dir, args.out
-    for name in ("steps", "epoch_steps", "scratch_epochs"):
+    for name, least in (("steps", 1), ("epoch_steps", 0), ("scratch_epochs", 1)):
         if getattr(args, name) is not None:
+            if getattr(args, name) < least:
+                raise runs.RunError(f"{runs.flag(name)} must be at least {least}, got {getattr(args, name)}")
             setattr(cfg, name, getattr(args, name))
     run(cfg)
     return 0

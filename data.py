@@ -40,6 +40,7 @@ class ImageData:
     num_classes: int
     mean: torch.Tensor           # (C,) per-channel mean of the training images, in [0, 1]
     std: torch.Tensor            # (C,)
+    classes: tuple[str, ...] = ()   # the class names, where the dataset has them (image folders)
 
     @property
     def image_size(self) -> int:
@@ -48,7 +49,7 @@ class ImageData:
     def to(self, device) -> ImageData:
         move = lambda t: t.to(device)
         return ImageData(self.name, move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y),
-                         self.num_classes, move(self.mean), move(self.std))
+                         self.num_classes, move(self.mean), move(self.std), self.classes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,18 +70,25 @@ def load(name: str, data_dir: str | Path = "./data", download: bool = True, devi
     if name == "synthetic":
         xs, ys = synthetic_images(synthetic_train + synthetic_test, image_size=image_size, seed=seed)
         parts = (xs[:synthetic_train], ys[:synthetic_train], xs[synthetic_train:], ys[synthetic_train:])
-        num_classes = int(ys.max()) + 1
+        num_classes, classes = 10, ()     # every class, even where a few images do not show them all
     elif name == "folder":
         (tr_x, tr_y, classes), (te_x, te_y, te_classes) = (_read_folder(Path(data_dir) / s, data_dir) for s in ("train", "test"))
         if classes != te_classes:
             raise DataError(f"{data_dir}: train/ and test/ have different class folders")
-        parts, num_classes = (tr_x, tr_y, te_x, te_y), len(classes)
+        if tr_x.shape[1:] != te_x.shape[1:]:
+            raise DataError(f"{data_dir}: train/ images are {_size(tr_x)} px but test/ images {_size(te_x)} px; "
+                            f"resize them to one size")
+        parts, num_classes, classes = (tr_x, tr_y, te_x, te_y), len(classes), tuple(classes)
     else:
-        parts, num_classes = _read_cifar(name, Path(data_dir), download)
+        (parts, num_classes), classes = _read_cifar(name, Path(data_dir), download), ()
     train_x = parts[0]
     scaled = train_x.float() / 255
     mean, std = scaled.mean((0, 2, 3)), scaled.std((0, 2, 3))
-    return ImageData(name, *parts, num_classes=num_classes, mean=mean, std=std).to(device)
+    return ImageData(name, *parts, num_classes=num_classes, mean=mean, std=std, classes=classes).to(device)
+
+
+def _size(x: torch.Tensor) -> str:
+    return "×".join(map(str, x.shape[-2:]))
 
 
 def _check_name(name: str) -> str:
@@ -111,10 +119,24 @@ def _class_dirs(split_dir: Path, data_dir) -> list[Path]:
         raise DataError(f"no image folder at {split_dir.resolve()}: --dataset folder needs "
                         f"{Path(data_dir)}/train/<class>/* and {Path(data_dir)}/test/<class>/*; "
                         f"unpack a copy there or point --data-dir at one")
-    dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
-    if not dirs:
-        raise DataError(f"{split_dir.resolve()} has no class folders")
+    try:
+        dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
+    except OSError as e:
+        raise DataError(f"cannot read {split_dir.resolve()}: {e.strerror}") from None
+    if len(dirs) < 2:
+        raise DataError(f"{split_dir.resolve()} has {len(dirs) or 'no'} class folder{'s' if not dirs else ''}"
+                        f"{' (' + dirs[0].name + ')' if dirs else ''}: a classifier needs at least two classes")
     return dirs
+
+
+def _rgb8(im):
+    """An image as uint8 RGB (H, W, 3); 16-bit greyscale ('I;16', 'I') is scaled to 8 bits, not clipped to white."""
+    import numpy as np
+
+    if im.mode.startswith("I"):
+        grey = (np.asarray(im, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
 
 
 def _read_folder(split_dir: Path, data_dir):
@@ -125,16 +147,19 @@ def _read_folder(split_dir: Path, data_dir):
     dirs = _class_dirs(split_dir, data_dir)
     images, labels = [], []
     for label, d in enumerate(dirs):
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        try:
+            files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as e:
+            raise DataError(f"cannot read the class folder {d.resolve()}: {e.strerror}") from None
+        if not files:
+            raise DataError(f"the class folder {d.resolve()} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for f in files:
             try:
                 with Image.open(f) as im:
-                    images.append(np.asarray(im.convert("RGB")))
+                    images.append(_rgb8(im))
             except (OSError, UnidentifiedImageError) as e:
                 raise DataError(f"cannot decode {f}: {e}") from None
         labels += [label] * len(files)
-    if not images:
-        raise DataError(f"{split_dir.resolve()} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if len({im.shape for im in images}) > 1:
         raise DataError(f"images in {split_dir.resolve()} have different sizes; resize them to one size first")
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()     # (N, 3, H, W) uint8

@@ -40,7 +40,7 @@ from flops import arch_flops, arch_params, batch_arch_flops, format_flops
 from runs import RunError, RunSettings, option
 from scratch import (ScratchConfig, TrainSettings, eval_tensors, load_arch, run_scratch, save_network, test_error,
                      train_from_scratch)
-from search import autocast, train_step
+from training import autocast, check_loss, train_step
 from space import Arch, ExpandedSearchSpace, Space
 from supernet import SuperNet, build, recalibrate_bn
 
@@ -91,6 +91,7 @@ class SupernetConfig(RunSettings, TrainSettings):
     def check(self):
         super().check()
         self.check_training()
+        self.check_memory(self.supernet_memory())
 
     def default_name(self) -> str:
         return f"evalnet-{self.dataset}-{nas.space_label(self.space)}-s{self.seed}"
@@ -109,7 +110,7 @@ class SupernetTrainer:
         self.opt = cfg.sgd(self.supernet.parameters())
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.data_gen = data_mod.make_generator(device, cfg.seed + 1)
-        self.epoch, self.step, self.history, self.seconds = 0, 0, [], 0.0
+        self.epoch, self.step, self.history, self.seconds, self.suspect = 0, 0, [], 0.0, False
 
     def attach(self, data: data_mod.ImageData):
         self.loader = data_mod.Loader(data.train_x, data.train_y, data.mean, data.std,
@@ -136,6 +137,8 @@ class SupernetTrainer:
                                    self.amp, self.cfg.label_smoothing)
             self.step += 1
         record = {"epoch": self.epoch + 1, "loss": float(loss_sum) / len(self.loader), "seconds": time.time() - start}
+        self.suspect = check_loss([h["loss"] for h in self.history] + [record["loss"]], self.ess.num_classes,
+                                  "the supernet's training loss", f"lower --lr (now {self.cfg.lr:g})")
         self.history.append(record)
         self.epoch += 1
         self.seconds += record["seconds"]
@@ -169,16 +172,16 @@ def train_supernet(cfg: SupernetConfig, data: data_mod.ImageData | None = None, 
     cfg.check()
     ess = cfg.ess_for(data)
     space = nas.load_space(cfg.space, ess)
-    run_dir = runs.check_run_dir(cfg, cfg.default_name())
-    device = runs.resolve_device(cfg.device)
-    data = runs.load_data(cfg, ess, device) if data is None else data.to(device)
-    trainer = SupernetTrainer(cfg, ess, space, device)
-    runs.train_run(trainer, cfg, run_dir, ess, data, device, callback)
-    runs.write_atomic(run_dir / "supernet.pt", lambda p: torch.save({"ess": ess.to_dict(), "space": space.to_dict(),
-                                                                    "state": trainer.supernet.state_dict()}, p))
-    result = {"space": space.to_dict(), "ess": ess.to_dict(), "dataset": cfg.dataset, "history": trainer.history,
-              "seconds": trainer.seconds, "supernet": str(run_dir / "supernet.pt")}
-    runs.write_json(run_dir / "train.json", result)
+    with runs.run_folder(Path(cfg.out) / (cfg.name or cfg.default_name()), cfg) as run_dir:
+        device = runs.resolve_device(cfg.device)
+        data = runs.load_data(cfg, ess, device) if data is None else data.to(device)
+        trainer = SupernetTrainer(cfg, ess, space, device)
+        runs.train_run(trainer, cfg, run_dir, ess, data, device, callback)
+        state = {"ess": ess.to_dict(), "space": space.to_dict(), "state": trainer.supernet.state_dict()}
+        runs.write_atomic(run_dir / "supernet.pt", lambda p: runs.save_torch(state, p))
+        result = {"space": space.to_dict(), "ess": ess.to_dict(), "dataset": cfg.dataset, "history": trainer.history,
+                  "seconds": trainer.seconds, "supernet": str(run_dir / "supernet.pt")}
+        runs.write_json(run_dir / "train.json", result)
     return trainer.supernet, result
 
 
@@ -249,6 +252,9 @@ class ScoreConfig(RunSettings):
             raise RunError("--supernet is required: a supernet.pt written by `evaluate.py supernet`")
         if self.ordering not in ("", "regnet", "elite"):
             raise RunError(f"--ordering must be regnet or elite, got {self.ordering!r}")
+        if self.flops_max and self.flops_min > self.flops_max:
+            raise RunError(f"--flops-min {self.flops_min:g} is above --flops-max {self.flops_max:g}: no architecture is in between")
+        self.check_memory((f"--n {self.n}", 500 * self.n, "the sampled and scored architectures", False))
 
     def default_name(self) -> str:
         return f"scores-{self.dataset}-s{self.seed}"
@@ -261,22 +267,24 @@ def run_score(cfg: ScoreConfig) -> dict:
     supernet = load_supernet(cfg.supernet, device)
     ess = supernet.ess
     spaces = {spec: nas.load_space(spec, ess) for spec in cfg.spaces.split(",")}
-    run_dir = Path(cfg.out) / (cfg.name or cfg.default_name())
-    if (run_dir / "scores.json").exists() and not cfg.overwrite:
-        raise RunError(f"{run_dir}/scores.json exists: pass --overwrite or another --name")
-    data = runs.load_data(cfg, ess, device)
     band = (cfg.flops_min, cfg.flops_max or math.inf) if (cfg.flops_min or cfg.flops_max) else None
-    g = torch.Generator().manual_seed(cfg.seed)
-    result = {"dataset": cfg.dataset, "supernet": cfg.supernet, "ordering": cfg.ordering, "band": band, "spaces": {}}
-    for spec, space in spaces.items():
-        archs = sample_archs(space, cfg.n, ess, g, band, cfg.ordering or None)
-        scores = score_archs(supernet, archs, data, cfg.calib_images, cfg.test_images or None, cfg.batch_size,
-                             cfg.seed, cfg.amp, cfg.progress)
-        result["spaces"][spec] = {"space": space.to_dict(), "scores": scores}
-        print(f"{spec}: {len(scores)} architectures, median error {np.median([s['error'] for s in scores]):.2f}%",
-              file=sys.stderr)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    runs.write_json(run_dir / "scores.json", result)
+    for spec, space in spaces.items():    # a band no architecture reaches: FLOPs grow with every depth and width
+        lo, hi = (arch_flops(Arch(*(tuple(r[k] for r in rs) for rs in (space.depths, space.widths))), ess) for k in (0, 1))
+        if band and (band[1] < lo or band[0] > hi):
+            raise RunError(f"no architecture of {spec} has {band[0]:.4g} to {band[1]:.4g} FLOPs: "
+                           f"its architectures have {lo:.4g} to {hi:.4g}")
+    with runs.run_folder(Path(cfg.out) / (cfg.name or cfg.default_name()), cfg, own=("scores.json",), progress=None) as run_dir:
+        data = runs.load_data(cfg, ess, device)
+        g = torch.Generator().manual_seed(cfg.seed)
+        result = {"dataset": cfg.dataset, "supernet": cfg.supernet, "ordering": cfg.ordering, "band": band, "spaces": {}}
+        for spec, space in spaces.items():
+            archs = sample_archs(space, cfg.n, ess, g, band, cfg.ordering or None)
+            scores = score_archs(supernet, archs, data, cfg.calib_images, cfg.test_images or None, cfg.batch_size,
+                                 cfg.seed, cfg.amp, cfg.progress)
+            result["spaces"][spec] = {"space": space.to_dict(), "scores": scores}
+            print(f"{spec}: {len(scores)} architectures, median error {np.median([s['error'] for s in scores]):.2f}%",
+                  file=sys.stderr)
+        runs.write_json(run_dir / "scores.json", result)
     return result
 
 
@@ -379,35 +387,35 @@ class RankConfig(RunSettings):
 def run_rank(cfg: RankConfig) -> dict:
     """Score and train the same k architectures; writes rank.json and the rank-agreement plot."""
     cfg.check()
-    run_dir = runs.check_run_dir(cfg, cfg.default_name())
-    device = runs.resolve_device(cfg.device)
-    fields = {f: getattr(cfg, f) for f in ("dataset", "data_dir", "download", "synthetic_size", "d_max", "w_max",
-                                           "d_step", "w_step", "seed", "device", "amp", "progress")}
-    if cfg.supernet:
-        supernet = load_supernet(cfg.supernet, device)
-        data = runs.load_data(cfg, supernet.ess, device)
-    else:   # --quick: a small evaluation supernet first, inside this run's folder
-        quick = {**SupernetConfig.QUICK, **fields, "quick": True, "out": str(run_dir), "name": "evalnet", "overwrite": True}
-        data = runs.load_data(cfg, cfg.ess_for(), device)
-        supernet, _ = train_supernet(SupernetConfig(**quick), data)
-    ess = supernet.ess
-    archs = list(dict.fromkeys(sample_archs(nas.load_space(cfg.space, ess), cfg.k, ess,
-                                            torch.Generator().manual_seed(cfg.seed))))
-    scored = score_archs(supernet, archs, data, cfg.calib_images, cfg.test_images or None, seed=cfg.seed, amp=cfg.amp,
-                         progress=cfg.progress)
-    scratch_cfg = ScratchConfig(**fields, recipe=cfg.recipe, epochs=cfg.epochs or None, batch_size=cfg.batch_size or None,
-                                lr=cfg.lr or None, seeds=1)
-    trained = [train_from_scratch(arch, ess, data, scratch_cfg, cfg.seed)[0]["error"] for arch in archs]
-    supernet_errors = [s["error"] for s in scored]
-    result = {"space": cfg.space, "supernet": cfg.supernet, "dataset": cfg.dataset, "recipe": scratch_cfg.recipe_values(),
-              "archs": [a.to_dict() for a in archs], "flops": [arch_flops(a, ess) for a in archs],
-              "supernet_errors": supernet_errors, "scratch_errors": trained,
-              "kendall_tau": plots.kendall_tau(supernet_errors, trained),
-              "spearman_rho": plots.spearman_rho(supernet_errors, trained), "run_dir": str(run_dir)}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    plots.plot_rank_agreement(supernet_errors, trained, run_dir / "rank",
-                              title=f"{len(archs)} architectures of {nas.space_label(cfg.space)} on {cfg.dataset}")
-    runs.write_json(run_dir / "rank.json", result)
+    run_dir = Path(cfg.out) / (cfg.name or cfg.default_name())
+    with runs.run_folder(run_dir, cfg, own=("rank.json", "rank.png", "rank.pdf"), progress=None):
+        device = runs.resolve_device(cfg.device)
+        fields = {f: getattr(cfg, f) for f in ("dataset", "data_dir", "download", "synthetic_size", "d_max", "w_max",
+                                               "d_step", "w_step", "seed", "device", "amp", "progress")}
+        if cfg.supernet:
+            supernet = load_supernet(cfg.supernet, device)
+            data = runs.load_data(cfg, supernet.ess, device)
+        else:   # --quick: a small evaluation supernet first, inside this run's folder
+            quick = {**SupernetConfig.QUICK, **fields, "quick": True, "out": str(run_dir), "name": "evalnet", "overwrite": True}
+            data = runs.load_data(cfg, cfg.ess_for(), device)
+            supernet, _ = train_supernet(SupernetConfig(**quick), data)
+        ess = supernet.ess
+        archs = list(dict.fromkeys(sample_archs(nas.load_space(cfg.space, ess), cfg.k, ess,
+                                                torch.Generator().manual_seed(cfg.seed))))
+        scored = score_archs(supernet, archs, data, cfg.calib_images, cfg.test_images or None, seed=cfg.seed, amp=cfg.amp,
+                             progress=cfg.progress)
+        scratch_cfg = ScratchConfig(**fields, recipe=cfg.recipe, epochs=cfg.epochs or None, batch_size=cfg.batch_size or None,
+                                    lr=cfg.lr or None, seeds=1)
+        trained = [train_from_scratch(arch, ess, data, scratch_cfg, cfg.seed)[0]["error"] for arch in archs]
+        supernet_errors = [s["error"] for s in scored]
+        result = {"space": cfg.space, "supernet": cfg.supernet, "dataset": cfg.dataset, "recipe": scratch_cfg.recipe_values(),
+                  "archs": [a.to_dict() for a in archs], "flops": [arch_flops(a, ess) for a in archs],
+                  "supernet_errors": supernet_errors, "scratch_errors": trained,
+                  "kendall_tau": plots.kendall_tau(supernet_errors, trained),
+                  "spearman_rho": plots.spearman_rho(supernet_errors, trained), "run_dir": str(run_dir)}
+        plots.plot_rank_agreement(supernet_errors, trained, run_dir / "rank",
+                                  title=f"{len(archs)} architectures of {nas.space_label(cfg.space)} on {cfg.dataset}")
+        runs.write_json(run_dir / "rank.json", result)
     return result
 
 

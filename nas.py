@@ -49,6 +49,8 @@ class NASConfig(SearchConfig):
             raise RunError("--n-samples and --max-samples must be at least 1")
         if not 0 < self.tolerance < 1:
             raise RunError(f"--tolerance must be in (0, 1), got {self.tolerance}")
+        self.check_memory((f"--max-samples {self.max_samples} --n-samples {self.n_samples}",
+                           300 * max(self.max_samples, self.n_samples), "the sampled architectures", False))
 
     def default_name(self) -> str:
         prefix = "nas-quick" if self.quick else f"nas-{self.dataset}-{format_flops(self.target)}-s{self.seed}"
@@ -77,6 +79,8 @@ def load_space(spec: str, ess: ExpandedSearchSpace) -> Space:
         text = path.read_text()
     except OSError as e:
         raise RunError(f"cannot read the space file {path}: {e.strerror or e}") from None
+    except ValueError:
+        raise RunError(f"malformed space JSON in {path}: it is not UTF-8 text") from None
     try:
         d = json.loads(text)
         if isinstance(d, dict) and "elite_space" in d:
@@ -117,12 +121,10 @@ def run(cfg: NASConfig, data: data_mod.ImageData | None = None, callback=None) -
     cfg.check()
     ess = cfg.ess_for(data)
     space = load_space(cfg.space, ess)
-    finish = lambda s: sample_final(s, cfg.protocol(), cfg.n_samples, cfg.max_samples, cfg.tolerance)
-    result = runs.run_search(cfg, ess, Options.nas(space), f"the architectures of {space}", cfg.default_name(),
-                             finish, data, callback)
-    result |= {"space": space.to_dict(), "space_source": cfg.space}
-    runs.write_json(Path(result["run_dir"]) / "nas.json", result)
-    return result
+    finish = lambda s: sample_final(s, cfg.protocol(), cfg.n_samples, cfg.max_samples, cfg.tolerance) | {
+        "space": space.to_dict(), "space_source": cfg.space}
+    return runs.run_search(cfg, ess, Options.nas(space), f"the architectures of {space}", cfg.default_name(),
+                           finish, data, callback, result_file="nas.json")
 
 
 def summary(result: dict) -> str:

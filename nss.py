@@ -10,7 +10,6 @@ resume and a command line (``runs.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import data as data_mod
 import runs
@@ -30,6 +29,7 @@ class NSSConfig(SearchConfig):
         super().check()
         if self.n_samples < 1:
             raise RunError(f"--n-samples must be at least 1, got {self.n_samples}")
+        self.check_memory((f"--n-samples {self.n_samples}", 300 * self.n_samples, "the sampled spaces", False))
 
     def default_name(self) -> str:
         return "nss-quick" if self.quick else f"nss-{self.dataset}-{format_flops(self.target)}-s{self.seed}"
@@ -40,10 +40,8 @@ def run(cfg: NSSConfig, data: data_mod.ImageData | None = None, callback=None) -
     cfg.check()
     ess = cfg.ess_for(data)
     elite = lambda s: elite_space(s.theta, s.gen, cfg.n_samples, cfg.target, ess)
-    result = runs.run_search(cfg, ess, Options.nss(ess), "the candidate spaces", cfg.default_name(), elite, data,
-                             callback)
-    runs.write_json(Path(result["run_dir"]) / "result.json", result)
-    return result
+    return runs.run_search(cfg, ess, Options.nss(ess), "the candidate spaces", cfg.default_name(), elite, data,
+                           callback, result_file="result.json")
 
 
 def summary(result: dict) -> str:

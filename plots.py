@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -101,18 +102,48 @@ def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
 # Table 1
 # --------------------------------------------------------------------------------------------
 
-def table_rows(runs_dir: str | Path, match: str = "*") -> list[dict]:
+def table_rows(runs_dir: str | Path, match: str = "*", warn=None) -> list[dict]:
     """Table 1's rows from every nas.json under ``runs_dir`` whose run folder matches the glob ``match``
-    (with the scratch.json beside it, if any)."""
+    (with the scratch.json beside it, if any). A file that cannot be read, or is not a NAS result, is
+    skipped with one line to ``warn`` (default: a warning on stderr) naming it; the others still make the table."""
+    warn = warn or (lambda path, why: print(f"warning: skipping {path}: {why}", file=sys.stderr))
     rows: dict = defaultdict(dict)
     for path in sorted(p for p in Path(runs_dir).rglob("nas.json") if p.parent.match(match)):
-        r = json.loads(path.read_text())
-        scratch = path.parent / "scratch.json"
-        error = json.loads(scratch.read_text())["mean"] if scratch.exists() else None
+        try:
+            r = _read_result(path, NAS_FIELDS)
+        except ValueError as e:
+            warn(path, e)
+            continue
+        scratch, error = path.parent / "scratch.json", None
+        if scratch.exists():
+            try:
+                error = _read_result(scratch, {"mean": (int, float)})["mean"]
+            except ValueError as e:
+                warn(scratch, f"{e}; its error is left out")
         kind = "full" if r["space_source"] == "full" else "elite"
         rows[(r["dataset"], r["target"])][kind] = {"flops": r["flops"], "deviation": r["deviation"],
                                                     "samples": r["samples"], "error": error}
     return [{"dataset": ds, "target": t, **cells} for (ds, t), cells in sorted(rows.items())]
+
+
+NAS_FIELDS = {"dataset": str, "target": (int, float), "space_source": str, "flops": (int, float),
+              "deviation": (int, float), "samples": int}
+
+
+def _read_result(path: Path, fields: dict) -> dict:
+    """A result file with ``fields`` of their types, or ValueError saying why not (unreadable, not JSON, …)."""
+    try:
+        r = json.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(e.strerror or str(e)) from None
+    except ValueError as e:       # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"not a JSON file ({type(e).__name__})") from None
+    if not isinstance(r, dict):
+        raise ValueError(f"not a result (a JSON {type(r).__name__})")
+    wrong = [k for k, kind in fields.items() if not isinstance(r.get(k), kind) or isinstance(r.get(k), bool)]
+    if wrong:
+        raise ValueError(f"missing or malformed {', '.join(wrong)}")
+    return r
 
 
 def table1(rows: list[dict]) -> tuple[str, str]:

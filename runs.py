@@ -2,8 +2,9 @@
 
 * settings dataclasses → command-line flags (``parse_config``), with ``--quick`` presets;
 * ``RunSettings``: the data, the space, the device and the run folder of a run;
-* run folders, atomic files, checkpoints that resume only under the settings that wrote them,
-  ``config.json`` with the versions, and the one-line error reporting of ``cli``.
+* checkpoints that resume only in the program, under the settings and on the data that wrote them
+  (run folders held by one run at a time and atomic files are ``rundir.py``'s), ``config.json``
+  with the versions, and the one-line error reporting of ``cli`` with its exit codes (``EXIT_CODES``).
 
 None of the method is here: the search engine is ``search.py``, and ``run_search`` only gives it a
 run folder, resumable checkpoints and a result file's common fields.
@@ -12,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import platform
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,12 +27,13 @@ from typing import Callable
 import torch
 
 import data as data_mod
+from flops import arch_params
+from rundir import RunError, load_checkpoint, os_error, run_folder, save_torch, write_atomic, write_json
 from search import SearchSettings, Searcher, check_target
+from training import Diverged
 from space import REDUCED, ExpandedSearchSpace, Options
 
-
-class RunError(Exception):
-    """Bad input to a run (flags, target, files): reported as one line, exit code 2."""
+EXIT_CODES = {"done": 0, "bad input, data or files": 2, "diverged": 3, "interrupted": 130}
 
 
 @contextmanager
@@ -108,12 +109,36 @@ class RunSettings:
         """Reject invalid values before any work starts."""
         if self.dataset not in data_mod.DATASETS:
             raise RunError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(data_mod.DATASETS)}")
-        self.check_numbers(at_least_one=("synthetic_size", "d_max", "w_max", "d_step", "w_step"))
+        self.check_numbers(at_least_one=("d_max", "w_max", "d_step", "w_step"))
         if self.d_max % self.d_step or self.w_max % self.w_step:
             raise RunError("--d-step must divide --d-max and --w-step must divide --w-max")
         if self.resume and self.overwrite:
             raise RunError("--resume and --overwrite exclude each other")
+        if not 0 <= self.seed < 2 ** 62:
+            raise RunError(f"--seed must be an integer from 0 to 2^62 - 1 (torch's seeds are 64-bit), got {self.seed}")
         resolve_device(self.device)
+        if self.dataset == "synthetic":
+            n = self.synthetic_size
+            if n < 20:
+                raise RunError(f"too few images: --synthetic-size must be at least 20 (two per class), got {n}")
+            image = 3 * self.ess(10).image_size ** 2        # generated in float32, two copies at least
+            self.check_memory((f"--synthetic-size {n}", 2 * 4 * image * n, "generating the synthetic images", False))
+
+    def check_memory(self, *needs: tuple[str, float, str, bool]):
+        """Refuse requests that cannot fit: each need is (flags, bytes, for what, on the run's device?), with
+        bytes a low estimate, checked against all the memory of the host or the device (one line, before any work)."""
+        for flags, need, what, on_device in needs:
+            device = resolve_device(self.device) if on_device else torch.device("cpu")
+            have, where = memory_of(device)
+            if need > have:
+                raise RunError(f"{flags} needs at least {format_bytes(need)} for {what}, more than the "
+                               f"{format_bytes(have)} of {where}")
+
+    def supernet_memory(self) -> tuple[str, float, str, bool]:
+        """The supernet's weights, gradients and momentum (fp32): the need of every run that trains one."""
+        ess = self.ess(10)
+        return (f"--d-max {self.d_max} --w-max {self.w_max}", 3 * 4 * arch_params(ess.largest_arch(), ess),
+                "the supernet's weights, gradients and momentum", True)
 
     def check_numbers(self, at_least_one=(), positive=(), non_negative=()):
         for name in at_least_one:
@@ -143,6 +168,10 @@ class SearchConfig(RunSettings, SearchSettings):
         RunSettings.check(self)
         with user_input():
             SearchSettings.check(self)
+        nss = Options.nss(self.ess(10))   # NAS has more options: this is the low estimate
+        draws = 4 * 4 * self.flops_samples * sum(len(o) for o in nss.depths + nss.widths)
+        needs = [(f"--flops-samples {self.flops_samples}", draws, "the Gumbel-softmax draws of a Θ step", False)]
+        self.check_memory(*needs, *([self.supernet_memory()] if self.task_loss else []))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -150,16 +179,49 @@ class _Parser(argparse.ArgumentParser):
         raise RunError(message)
 
 
+def integer(text: str) -> int:
+    """An int flag's value: '2000', or an integral number in float notation such as '1e9'."""
+    try:
+        return int(text)
+    except ValueError:
+        with suppress(ValueError):
+            if float(text).is_integer():
+                return int(float(text))
+    raise argparse.ArgumentTypeError(f"invalid int value: {text!r}")
+
+
+def is_number(text: str) -> bool:
+    try:
+        return float(text) is not None
+    except ValueError:
+        return False
+
+
+def join_negative_values(argv: list[str], takes_value: set[str]) -> list[str]:
+    """'--target -1e6' → '--target=-1e6': argparse takes '-1e6' (unlike '-1') for a flag, and the real reason
+    to refuse it ("must be positive") would be lost to "expected one argument"."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in takes_value and arg.startswith("-") and is_number(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def parse_config(cls, argv=None, description: str = ""):
     """Build ``cls`` from command-line flags generated from its fields; --quick fills unset flags."""
     parser = _Parser(description=description, argument_default=argparse.SUPPRESS)
+    takes_value = set()
     for f in dataclasses.fields(cls):
         help_ = f"{help_of(cls, f.name)} (default: {'the recipe' if f.default is None else f.default})"
         if f.type in ("bool", bool):
             parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, help=help_)
         else:
-            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            kind = {"int": integer, "float": float, "str": str}.get(f.type, f.type)
             parser.add_argument(flag(f.name), type=kind, help=help_, metavar=f.name.upper())
+            takes_value.add(flag(f.name))
+    argv = join_negative_values(list(sys.argv[1:] if argv is None else argv), takes_value)
     given = vars(parser.parse_args(argv))
     preset = getattr(cls, "QUICK", {}) if given.get("quick") else {}
     with user_input():         # a settings class may refuse a value as it is built (e.g. an unknown recipe)
@@ -178,24 +240,28 @@ def resolve_device(name: str) -> torch.device:
         raise RunError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise RunError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def memory_of(device: torch.device) -> tuple[int, str]:
+    """All the memory of the device (the host's RAM for the CPU), in bytes, and its name for messages."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory, f"{device} ({torch.cuda.get_device_name(device)})"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
 
 
 # --------------------------------------------------------------------------------------------
 # Files: atomic writes, run folders, checkpoints
 # --------------------------------------------------------------------------------------------
-
-def write_atomic(path: Path, write: Callable[[Path], None]):
-    """Write through a temporary file and rename it, so a crash never leaves a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj):
-    write_atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
-
 
 def versions() -> dict:
     import numpy
@@ -209,40 +275,41 @@ def versions() -> dict:
             "numpy": numpy.__version__, "git_commit": commit}
 
 
-def check_run_dir(cfg: RunSettings, default_name: str) -> Path:
-    """runs/<name>, checked: an earlier run is never overwritten unless asked, resuming needs a checkpoint."""
-    run_dir = Path(cfg.out) / (cfg.name or default_name)
-    checkpoint = run_dir / "checkpoint.pt"
-    if cfg.resume and not checkpoint.exists():
-        raise RunError(f"nothing to resume: {checkpoint} does not exist")
-    if not cfg.resume and not cfg.overwrite and run_dir.exists() and any(run_dir.iterdir()):
-        raise RunError(f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to replace it, "
-                       f"or --name for a new one")
-    return run_dir
-
-
 def check_same_settings(cfg: RunSettings, state: dict, device: torch.device):
-    """A checkpoint resumes only under the settings that wrote it (bar the VOLATILE ones) and device kind."""
+    """A checkpoint resumes only in the program and under the settings that wrote it (bar the VOLATILE ones),
+    and on the same kind of device."""
     try:
         mine = {k: v for k, v in cfg.to_dict().items() if k not in cfg.VOLATILE}
         theirs = {k: v for k, v in state["config"].items() if k not in cfg.VOLATILE}
         kind = state["device_type"]
     except (KeyError, TypeError, AttributeError):
         raise RunError("the checkpoint is not one of this program's: delete it or pass --overwrite") from None
+    program, mine_is = state.get("program"), type(cfg).__name__
+    if program not in (None, mine_is) or set(mine) != set(theirs):
+        raise RunError(f"the checkpoint was written by another program ({program or 'other settings'}, not "
+                       f"{mine_is}): resume it with its own program, or pass --overwrite")
     if mine != theirs:
-        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        diff = sorted(k for k in mine if mine[k] != theirs[k])
         raise RunError(f"the checkpoint was written with other settings ({', '.join(diff)}); "
                        f"resume with the same flags or start a new --name")
     if kind != device.type:
         raise RunError(f"the checkpoint was written on {kind}; resume it on the same kind of device")
 
 
-def load_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RunError(f"cannot read the checkpoint {path} ({type(e).__name__}); it is corrupt or not ours: "
-                       f"delete it or pass --overwrite") from None
+def fingerprint(data: data_mod.ImageData) -> dict:
+    """A small fingerprint of a dataset, kept in checkpoints: classes, image counts (per class) and image shape."""
+    return {"classes": data.num_classes, "class names": list(data.classes), "training images": len(data.train_y),
+            "test images": len(data.test_y), "image shape": list(data.train_x.shape[1:]),
+            "images per class": torch.bincount(data.train_y.cpu(), minlength=data.num_classes).tolist()}
+
+
+def check_same_data(now: dict, then: dict | None, what: str = "the checkpoint"):
+    """A run resumes only on the data it started on (``then`` None: written before fingerprints, not checked)."""
+    if then is not None and now != then:
+        diff = [k if isinstance(now.get(k), list) else f"{k} {then.get(k)} → {now.get(k)}"
+                for k in now if now.get(k) != then.get(k)]
+        raise RunError(f"{what} was written on other data ({', '.join(diff)}): resume on the same data, "
+                       f"or pass --overwrite or another --name to start over")
 
 
 def load_data(cfg: RunSettings, ess: ExpandedSearchSpace, device: torch.device | None = None) -> data_mod.ImageData:
@@ -250,14 +317,17 @@ def load_data(cfg: RunSettings, ess: ExpandedSearchSpace, device: torch.device |
     device = device or resolve_device(cfg.device)
     data = data_mod.load(cfg.dataset, cfg.data_dir, cfg.download, device, synthetic_train=cfg.synthetic_size,
                          synthetic_test=max(1, cfg.synthetic_size // 4), image_size=ess.image_size, seed=cfg.seed)
-    if data.num_classes != ess.num_classes or data.image_size != ess.image_size:
-        raise RunError(f"the data ({data.num_classes} classes, {data.image_size} px) does not fit the space {ess}")
+    if data.num_classes != ess.num_classes:
+        raise RunError(f"the data has {data.num_classes} classes where the space was built for {ess.num_classes}")
+    sizes = {tuple(x.shape[-2:]) for x in (data.train_x, data.test_x)}
+    if sizes != {(ess.image_size, ess.image_size)}:
+        raise RunError(f"the images are {' and '.join(f'{h}×{w}' for h, w in sorted(sizes))} px where the space "
+                       f"needs {ess.image_size}×{ess.image_size}: resize them")
     return data
 
 
 def write_run_config(run_dir: Path, cfg, ess: ExpandedSearchSpace, device: torch.device):
     """config.json: the resolved config, the space, the device and the versions (the run describes itself)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     write_json(run_dir / "config.json", {"config": cfg.to_dict(), "ess": ess.to_dict(), "device": str(device),
                                          "device_name": name, "argv": sys.argv, "versions": versions()})
@@ -267,19 +337,28 @@ def train_run(trainer, cfg: RunSettings, run_dir: Path, ess: ExpandedSearchSpace
               device: torch.device, callback: Callable | None = None):
     """Resume ``trainer`` if asked, attach the data, write config.json and ``fit`` it with a checkpoint per epoch.
 
-    ``trainer`` has ``attach(data)``, ``fit(on_epoch)``, ``state_dict()``, ``load_state_dict(state)`` and
-    ``describe(record)``; ``checkpoint.pt`` holds its state with the config and the device kind.
+    ``trainer`` has ``attach(data)``, ``fit(on_epoch)``, ``state_dict()``, ``load_state_dict(state)``,
+    ``describe(record)`` and ``suspect`` (the last epoch's loss is far above chance: not checkpointed);
+    ``checkpoint.pt`` holds its state with the program, the config, the device kind and the data's fingerprint.
     """
+    data_print = fingerprint(data)
     if cfg.resume:
         state = load_checkpoint(run_dir / "checkpoint.pt")
         check_same_settings(cfg, state, device)
-        trainer.load_state_dict(state)
+        check_same_data(data_print, state.get("data"))
+        try:
+            trainer.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise RunError(f"the checkpoint {run_dir / 'checkpoint.pt'} does not fit this run ({type(e).__name__}): "
+                           f"delete it or pass --overwrite") from None
     trainer.attach(data.to(device))
     write_run_config(run_dir, cfg, ess, device)
 
     def on_epoch(trainer, record):
-        state = {"config": cfg.to_dict(), "device_type": device.type, **trainer.state_dict()}
-        write_atomic(run_dir / "checkpoint.pt", lambda p: torch.save(state, p))
+        if not getattr(trainer, "suspect", False):
+            state = {"program": type(cfg).__name__, "config": cfg.to_dict(), "device_type": device.type,
+                     "data": data_print, **trainer.state_dict()}
+            write_atomic(run_dir / "checkpoint.pt", lambda p: save_torch(state, p))
         if cfg.progress:
             print(trainer.describe(record), file=sys.stderr)
         if callback is not None:
@@ -289,30 +368,40 @@ def train_run(trainer, cfg: RunSettings, run_dir: Path, ess: ExpandedSearchSpace
 
 def run_search(cfg: SearchConfig, ess: ExpandedSearchSpace, options: Options, what: str, default_name: str,
                finish: Callable[[Searcher], dict], data: data_mod.ImageData | None = None,
-               callback: Callable | None = None) -> dict:
-    """Check the target, search with a checkpoint per epoch (resumable), and ``finish`` the searcher into a
-    result with P_Θ, the history, the dataset, the space, the timings and the run folder (NSS and NAS)."""
+               callback: Callable | None = None, result_file: str = "result.json") -> dict:
+    """Check the target, search with a checkpoint per epoch (resumable), ``finish`` the searcher into a result
+    with P_Θ, the history, the dataset, the space, the timings and the run folder, and write it to
+    ``result_file``, all while holding the run folder (NSS and NAS)."""
     started = time.time()
     with user_input():
         check_target(cfg.target, options, ess, what)
-    run_dir = check_run_dir(cfg, default_name)
-    device = resolve_device(cfg.device)
-    data = load_data(cfg, ess, device) if data is None else data
-    searcher = Searcher(cfg.part(SearchSettings), ess, options, device, cfg.amp, cfg.progress)
-    train_run(searcher, cfg, run_dir, ess, data, device, callback)
-    return finish(searcher) | searcher.result() | {
-        "dataset": cfg.dataset, "ess": ess.to_dict(), "seconds": searcher.seconds,
-        "wall_seconds": time.time() - started, "run_dir": str(run_dir)}
+    with run_folder(Path(cfg.out) / (cfg.name or default_name), cfg) as run_dir:
+        device = resolve_device(cfg.device)
+        data = load_data(cfg, ess, device) if data is None else data
+        searcher = Searcher(cfg.part(SearchSettings), ess, options, device, cfg.amp, cfg.progress)
+        train_run(searcher, cfg, run_dir, ess, data, device, callback)
+        result = finish(searcher) | searcher.result() | {
+            "dataset": cfg.dataset, "ess": ess.to_dict(), "seconds": searcher.seconds,
+            "wall_seconds": time.time() - started, "run_dir": str(run_dir)}
+        write_json(run_dir / result_file, result)
+    return result
 
 
 def cli(main: Callable[[list[str] | None], int]):
-    """Run a CLI entry point: bad input prints one line and exits 2, Ctrl-C exits 130."""
+    """Run a CLI entry point: each failure is one line on stderr and an exit code of EXIT_CODES: bad input,
+    data or files (an OSError: full disk, no permission…) 2, a divergence 3, Ctrl-C 130."""
     prog = Path(sys.argv[0]).name
     try:
         sys.exit(main(sys.argv[1:]))
     except (RunError, data_mod.DataError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; the last finished epoch is saved: rerun with --resume", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_CODES["bad input, data or files"])
+    except OSError as e:
+        print(f"{prog}: error: {os_error(e)}", file=sys.stderr)
+        sys.exit(EXIT_CODES["bad input, data or files"])
+    except Diverged as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        sys.exit(EXIT_CODES["diverged"])
+    except KeyboardInterrupt as e:
+        print(f"{prog}: {e or 'interrupted'}", file=sys.stderr)
+        sys.exit(EXIT_CODES["interrupted"])

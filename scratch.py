@@ -27,7 +27,7 @@ import data as data_mod
 import runs
 from flops import arch_flops, arch_params
 from runs import RunError, RunSettings, option
-from search import SGDSettings, autocast, cosine_lr, train_step
+from training import SGDSettings, autocast, check_loss, cosine_lr, train_step
 from space import Arch, ExpandedSearchSpace
 from supernet import Network, build
 
@@ -120,6 +120,8 @@ def load_arch(spec: str, ess: ExpandedSearchSpace) -> Arch:
             text = Path(spec).read_text()
         except OSError as e:
             raise RunError(f"cannot read the architecture file {spec}: {e.strerror or e}") from None
+        except ValueError:
+            raise RunError(f"malformed architecture JSON in {spec}: it is not UTF-8 text") from None
     try:
         d = json.loads(text)
         return Arch.from_dict(d["arch"] if isinstance(d, dict) and "arch" in d else d).validate(ess)
@@ -188,14 +190,17 @@ def train_from_scratch(arch: Arch, ess: ExpandedSearchSpace, data: data_mod.Imag
                              data_mod.make_generator(device, seed), cutout=cfg.cutout_for(data.num_classes),
                              channels_last=amp)
     _, test_x, test_y = eval_tensors(data, 0, None, seed, channels_last=amp)
-    history, start, step = [], time.time(), 0
+    history, losses, start, step = [], [], time.time(), 0
     # one fixed network: let cuDNN pick the fastest kernels (the supernets' changing shapes must not)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     for epoch in tqdm(range(cfg.epochs), desc=f"scratch seed {seed}", leave=False, disable=not cfg.progress):
         net.train()
+        loss_sum = torch.zeros((), device=device)
         for x, y in loader:
-            train_step(net, opt, x, y, cfg.lr_at(step, len(loader)), amp, cfg.label_smoothing)
+            loss_sum += train_step(net, opt, x, y, cfg.lr_at(step, len(loader)), amp, cfg.label_smoothing)
             step += 1
+        losses.append(float(loss_sum) / len(loader))     # one host sync per epoch
+        check_loss(losses, ess.num_classes, f"the training loss of {arch} (seed {seed})", f"lower --lr (now {cfg.lr:g})")
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             net.eval()
             with autocast(device, amp):
@@ -219,25 +224,27 @@ def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.Ima
         beside_nas = cfg.arch.endswith("nas.json") and not cfg.name
         run_dir = Path(cfg.arch).parent if beside_nas else Path(cfg.out) / (cfg.name or cfg.default_name())
     out = run_dir / "scratch.json"
-    trained = []
-    if out.exists() and not cfg.overwrite:
-        previous = json.loads(out.read_text())
-        if not cfg.resume:
-            raise RunError(f"{out} exists: pass --resume to finish its seeds or --overwrite to replace it")
-        if previous["arch"] != arch.to_dict():
+    weights = tuple(f"seed{seed}.pt" for seed in range(cfg.seed, cfg.seed + cfg.seeds))
+    with runs.run_folder(run_dir, cfg, own=(out.name, *weights), progress=out.name):
+        try:
+            result = json.loads(out.read_text()) if cfg.resume else {}
+            trained, same_arch = list(result.get("runs", [])), not result or result["arch"] == arch.to_dict()
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise RunError(f"{out} is corrupt ({type(e).__name__}): pass --overwrite to start over") from None
+        if not same_arch:
             raise RunError(f"{out} holds another architecture; use --overwrite or another --name")
-        trained = previous["runs"]
-    data = runs.load_data(cfg, ess) if data is None else data
-    run_dir.mkdir(parents=True, exist_ok=True)
-    result = {}
-    recipe = {**cfg.recipe_values(), "cutout": cfg.cutout_for(ess.num_classes)}
-    for seed in range(cfg.seed + len(trained), cfg.seed + cfg.seeds):
-        run, net = train_from_scratch(arch, ess, data, cfg, seed)
-        save_network(run_dir / f"seed{seed}.pt", net, ess, error=run["error"], recipe=recipe, dataset=cfg.dataset)
-        trained.append({**run, "weights": f"seed{seed}.pt"})
-        errors = [r["error"] for r in trained]
-        result = {"arch": arch.to_dict(), "flops": arch_flops(arch, ess), "params": arch_params(arch, ess),
-                  "dataset": cfg.dataset, "recipe": recipe, "errors": errors, "mean": float(np.mean(errors)),
-                  "std": float(np.std(errors)), "runs": trained, "config": dataclasses.asdict(cfg)}
-        runs.write_json(out, result)
-    return result or json.loads(out.read_text())
+        data = runs.load_data(cfg, ess) if data is None else data
+        data_print = runs.fingerprint(data)
+        runs.check_same_data(data_print, result.get("data"), str(out))
+        recipe = {**cfg.recipe_values(), "cutout": cfg.cutout_for(ess.num_classes)}
+        for seed in range(cfg.seed + len(trained), cfg.seed + cfg.seeds):
+            run, net = train_from_scratch(arch, ess, data, cfg, seed)
+            save_network(run_dir / f"seed{seed}.pt", net, ess, error=run["error"], recipe=recipe, dataset=cfg.dataset)
+            trained.append({**run, "weights": f"seed{seed}.pt"})
+            errors = [r["error"] for r in trained]
+            result = {"arch": arch.to_dict(), "flops": arch_flops(arch, ess), "params": arch_params(arch, ess),
+                      "dataset": cfg.dataset, "recipe": recipe, "errors": errors, "mean": float(np.mean(errors)),
+                      "std": float(np.std(errors)), "runs": trained, "config": dataclasses.asdict(cfg),
+                      "data": data_print}
+            runs.write_json(out, result)
+    return result

@@ -23,8 +23,8 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -35,29 +35,12 @@ import data as data_mod
 from flops import OptionMoments, arch_flops, expected_flops, flops_loss, flops_range, format_flops, space_flops
 from space import Arch, ExpandedSearchSpace, Options, Space
 from supernet import SuperNet
+from training import Diverged, SGDSettings, autocast, check_loss, cosine_lr, setting, train_step
 
 
 # --------------------------------------------------------------------------------------------
 # Settings: what the engine uses, and nothing of the run around it
 # --------------------------------------------------------------------------------------------
-
-def setting(default, help: str):
-    """A settings field with its description (a command line shows it as the flag's help)."""
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class SGDSettings:
-    """SGD with Nesterov momentum: the optimiser of every weight update (search, evaluation, from scratch)."""
-
-    lr: float = setting(0.05, "peak SGD learning rate")
-    momentum: float = setting(0.9, "SGD Nesterov momentum")
-    weight_decay: float = setting(5e-4, "SGD weight decay")
-
-    def sgd(self, params) -> torch.optim.SGD:
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=self.momentum > 0,
-                               weight_decay=self.weight_decay)
-
 
 @dataclass
 class SearchSettings(SGDSettings):
@@ -176,40 +159,6 @@ def elite_space(theta: Theta, generator: torch.Generator, n: int, target: float,
 
 
 # --------------------------------------------------------------------------------------------
-# Training steps and schedules (evaluate.py trains with them too)
-# --------------------------------------------------------------------------------------------
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast where asked for (CUDA runs); a no-op context otherwise."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def train_step(forwards: Callable | Sequence[Callable], optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor, lr: float, amp: bool = False, label_smoothing: float = 0.0) -> torch.Tensor:
-    """One SGD step at learning rate ``lr`` on the cross-entropy of one forward, or the sum over several
-    (the sandwich rule); returns the mean loss without a host sync."""
-    forwards = [forwards] if callable(forwards) else list(forwards)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.zero_grad(set_to_none=True)
-    total = torch.zeros((), device=x.device)
-    for forward in forwards:          # backward one graph at a time: the memory of a single forward
-        with autocast(x.device, amp):
-            loss = F.cross_entropy(forward(x).float(), y, label_smoothing=label_smoothing)
-        loss.backward()
-        total += loss.detach()
-    optimizer.step()
-    return total / len(forwards)
-
-
-def cosine_lr(base: float, step: int, total: int, warmup: int = 0) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine decay from ``base`` to 0 at step ``total``."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return 0.5 * base * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / max(1, total - warmup)))
-
-
-# --------------------------------------------------------------------------------------------
 # The searcher: weight steps, Θ steps, epochs
 # --------------------------------------------------------------------------------------------
 
@@ -234,7 +183,7 @@ class Searcher:
             if self.amp:
                 self.supernet = self.supernet.to(memory_format=torch.channels_last)
             self.weight_opt = settings.sgd(self.supernet.parameters())
-        self.epoch, self.step, self.history, self.seconds = 0, 0, [], 0.0
+        self.epoch, self.step, self.history, self.seconds, self.suspect = 0, 0, [], 0.0, False
         self.executed_flops: list[int] = []     # per Θ step of the current epoch
 
     # ---- one step each ------------------------------------------------------------------
@@ -270,6 +219,9 @@ class Searcher:
         for p, g in zip(params, torch.autograd.grad(loss, params)):
             p.grad = g
         self.arch_opt.step()
+        if not all(bool(p.isfinite().all()) for p in params):      # Θ is on the host: no device sync
+            hint = f"--lr (now {self.settings.lr:g})" if not bool(task.isfinite()) else f"--arch-lr (now {self.settings.arch_lr:g})"
+            raise Diverged(f"training diverged: Θ is not finite after step {self.step}: lower {hint}")
         return task.detach(), flops_term.detach()
 
     # ---- epochs -------------------------------------------------------------------------
@@ -305,9 +257,7 @@ class Searcher:
         """One epoch: weight steps only during warmup, then alternating weight and Θ steps."""
         s, epoch, steps = self.settings, self.epoch, self.steps
         train, val = self.loaders if s.task_loss else (None, None)
-        warmup = epoch < s.warmup_epochs
-        tau = self.tau(epoch)
-        start = time.time()
+        warmup, tau, start = epoch < s.warmup_epochs, self.tau(epoch), time.time()
         self.executed_flops = []
         sums = {"loss": 0.0, "task_loss": 0.0, "flops_loss": 0.0}
         none = itertools.repeat((None, None))
@@ -332,9 +282,11 @@ class Searcher:
                   "executed_flops": (sum(self.executed_flops) / len(self.executed_flops)
                                      if self.supernet is not None and self.executed_flops else None),
                   "most_likely": self.theta.most_likely().to_dict()}
+        if self.supernet is not None:     # one host sync per epoch; Diverged leaves the last checkpoint alone
+            self.suspect = check_loss([h["loss"] for h in self.history] + [record["loss"]], self.ess.num_classes,
+                                      "the supernet's training loss", f"lower --lr (now {s.lr:g})")
         self.history.append(record)
-        self.epoch += 1
-        self.seconds += record["seconds"]
+        self.epoch, self.seconds = self.epoch + 1, self.seconds + record["seconds"]
         return record
 
     @torch.no_grad()

@@ -133,3 +133,33 @@ def test_cifar10_jpeg_copy_loads_like_cifar10():
     d = data.load("folder", JPEG_COPY)
     assert d.train_x.shape == (50000, 3, 32, 32) and d.test_x.shape == (10000, 3, 32, 32)
     assert d.num_classes == 10 and torch.bincount(d.train_y).tolist() == [5000] * 10
+
+
+# ---- image folders are checked whole ------------------------------------------------------------
+
+def test_a_test_split_of_another_image_size_is_refused(tmp_path):
+    make_folder(tmp_path)
+    for f in (tmp_path / "test").rglob("*.png"):
+        Image.new("RGB", (10, 10)).save(f)
+    with pytest.raises(data.DataError, match="train/ images are 8×8 px but test/ images 10×10 px"):
+        data.load("folder", tmp_path)
+
+
+def test_one_class_or_an_empty_class_folder_is_refused(tmp_path):
+    make_folder(tmp_path / "one", classes=("cat",))
+    for call in (data.load, data.num_classes_of):
+        with pytest.raises(data.DataError, match=r"has 1 class folder \(cat\): a classifier needs at least two classes"):
+            call("folder", tmp_path / "one")
+    make_folder(tmp_path / "empty")
+    for f in (tmp_path / "empty" / "test" / "dog").iterdir():
+        f.unlink()
+    with pytest.raises(data.DataError, match="the class folder .*dog has no images"):
+        data.load("folder", tmp_path / "empty")
+
+
+def test_a_16_bit_png_is_scaled_to_8_bits_not_white(tmp_path):
+    import numpy as np
+    make_folder(tmp_path)
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "train" / "ant" / "0.png")   # mid grey
+    d = data.load("folder", tmp_path)
+    assert d.train_x[0].unique().tolist() == [128]

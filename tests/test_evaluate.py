@@ -31,6 +31,7 @@ def toy(tmp_path_factory):
     return supernet.eval(), data, result, out
 
 
+@pytest.mark.slow
 def test_supernet_training_learns_and_saves(toy):
     supernet, data, result, out = toy
     losses = [h["loss"] for h in result["history"]]
@@ -42,6 +43,7 @@ def test_supernet_training_learns_and_saves(toy):
     assert (Path(result["supernet"]).parent / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_supernet_score_equals_extracted_standalone_score(toy):
     supernet, data, _, _ = toy
     archs = ev.sample_archs(ESS.full_space(), 5, ESS, torch.Generator().manual_seed(0))
@@ -54,6 +56,7 @@ def test_supernet_score_equals_extracted_standalone_score(toy):
         assert score["flops"] == arch_flops(arch, ESS) and score["arch"] == arch.to_dict()
 
 
+@pytest.mark.slow
 def test_bn_recalibration_matters_and_is_deterministic(toy):
     supernet, data, _, _ = toy
     archs = ev.sample_archs(ESS.full_space(), 12, ESS, torch.Generator().manual_seed(1))
@@ -77,6 +80,7 @@ def test_sample_archs_honours_band_and_ordering():
         ev.sample_archs(ESS.full_space(), 5, ESS, g, flops_band=(1, 2), max_draws=10_000)
 
 
+@pytest.mark.slow
 def test_export_writes_a_standalone_network_untrained_or_from_the_supernet(toy, tmp_path):
     supernet, data, trained, _ = toy
     arch = Arch((2, 3, 1), (8, 12, 16))
@@ -148,3 +152,42 @@ def test_cli_rejects_a_corrupt_supernet_file(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     proc = run_cli("score", "--supernet", "bad.pt", cwd=tmp_path)
     assert proc.returncode == 2 and "corrupt" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# ---- divergence, bad side files ------------------------------------------------------------------
+
+def test_supernet_and_scratch_training_stop_when_they_diverge(tmp_path):
+    from training import Diverged
+    small = {**COMMON, "synthetic_size": 256}
+    data = runs.load_data(runs.RunSettings(**small), ESS)
+    with pytest.raises(Diverged, match="supernet's training loss .* lower --lr \\(now 1e\\+30\\)"):
+        ev.train_supernet(ev.SupernetConfig(**small, out=str(tmp_path), epochs=3, batch_size=64, lr=1e30), data)
+    cfg = ev.ScratchConfig(**small, out=str(tmp_path), seeds=1, epochs=3, batch_size=64, lr=1e30)
+    with pytest.raises(Diverged, match="training loss of .* lower --lr"):
+        ev.run_scratch(cfg, Arch((1, 1, 1), (4, 4, 4)), data, run_dir=tmp_path / "scratch")
+    assert list(tmp_path.iterdir()) == []     # nothing good was saved, nothing is left
+
+
+def test_table_skips_a_corrupt_or_foreign_nas_json_with_one_line(tmp_path, capsys):
+    good = {"dataset": "synthetic", "target": 4e6, "space_source": "full", "flops": 3.9e6, "deviation": 0.025,
+            "samples": 5}
+    for name, content in (("good", json.dumps(good)), ("corrupt", '{"dataset": "synth'), ("foreign", '{"a": 1}'),
+                          ("binary", b"\xff\xfe\x00")):
+        (tmp_path / name).mkdir()
+        path = tmp_path / name / "nas.json"
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    (tmp_path / "good" / "scratch.json").write_text("[1, 2")
+    markdown = ev.run_table(ev.TableConfig(runs=str(tmp_path), out=str(tmp_path / "table1")))
+    assert "CX 4MF" in markdown
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 4 and all(w.startswith("warning: skipping ") for w in warnings)
+    for name in ("binary/nas.json", "corrupt/nas.json", "foreign/nas.json", "good/scratch.json"):
+        assert sum(name in w for w in warnings) == 1, (name, warnings)
+
+
+def test_scratch_resume_with_a_corrupt_scratch_json_is_one_line(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "scratch.json").write_text('{"arch": ')
+    cfg = ev.ScratchConfig(**COMMON, out=str(tmp_path), resume=True)
+    with pytest.raises(runs.RunError, match="scratch.json is corrupt .*--overwrite"):
+        ev.run_scratch(cfg, Arch((1, 1, 1), (4, 4, 4)), run_dir=tmp_path / "s")

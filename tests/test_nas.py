@@ -115,3 +115,10 @@ def test_until_within_keeps_the_closest_sample_when_none_gets_within_the_toleran
     assert result["deviation"] == min(devs) and result["flops"] == result["sampled_flops"][devs.index(min(devs))]
     assert devs[-1] > min(devs)          # the last sample is not the closest: the old fallback returned it
     assert arch_flops(Arch.from_dict(result["arch"]), ess) == result["flops"]
+
+
+def test_a_space_file_that_is_not_utf8_is_one_line(tmp_path):
+    from runs import RunError
+    (tmp_path / "space.json").write_bytes(b"\xff\xfe{\x00")
+    with pytest.raises(RunError, match="not UTF-8"):
+        nas.load_space(str(tmp_path / "space.json"), ExpandedSearchSpace.reduced())

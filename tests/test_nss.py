@@ -1,5 +1,6 @@
 """nss.py and search.py: the search steers, runs, resumes exactly, and its CLI fails cleanly on bad input."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 import data as data_mod
 import nss
 import runs
+import training
 import search
 from flops import arch_flops, space_flops
 from space import REDUCED, ExpandedSearchSpace, Options, Space
@@ -25,6 +27,7 @@ def tiny_cfg(tmp_path, **kw):
 
 # ---- 1. the FLOPs loss steers Θ --------------------------------------------------------------
 
+@pytest.mark.slow
 def test_flops_loss_alone_reaches_targets_across_the_default_space(tmp_path):
     """Task loss off: Θ on the FLOPs loss alone, 300 Θ steps, on the full 2^18-space default."""
     hits = {}
@@ -186,6 +189,7 @@ def test_theta_step_task_gradient_reaches_alpha_and_beta():
     assert all(p.grad is None for p in searcher.supernet.parameters())   # only Θ's gradients are computed
 
 
+@pytest.mark.slow
 def test_temperature_anneals_to_tau_end_and_the_masked_forward_shrinks(tmp_path):
     """FBNet's exponential τ from τ_0 to τ_end over the search epochs; options below ε drop out as τ falls."""
     result = nss.run(tiny_cfg(tmp_path, epochs=7, warmup_epochs=2))
@@ -208,7 +212,78 @@ def test_temperature_anneals_to_tau_end_and_the_masked_forward_shrinks(tmp_path)
 
 
 def test_learning_rate_schedule():
-    assert [round(search.cosine_lr(1.0, s, 10), 6) for s in (0, 5, 10, 12)] == [1.0, 0.5, 0.0, 0.0]
+    assert [round(training.cosine_lr(1.0, s, 10), 6) for s in (0, 5, 10, 12)] == [1.0, 0.5, 0.0, 0.0]
     # linear warmup to the peak, then a cosine from the peak to 0 over the remaining steps
-    assert [search.cosine_lr(0.4, s, 12, warmup=4) for s in range(4)] == [0.1, 0.2, 0.30000000000000004, 0.4]
-    assert search.cosine_lr(0.4, 4, 12, warmup=4) == 0.4 and search.cosine_lr(0.4, 8, 12, warmup=4) == pytest.approx(0.2)
+    assert [training.cosine_lr(0.4, s, 12, warmup=4) for s in range(4)] == [0.1, 0.2, 0.30000000000000004, 0.4]
+    assert training.cosine_lr(0.4, 4, 12, warmup=4) == 0.4 and training.cosine_lr(0.4, 8, 12, warmup=4) == pytest.approx(0.2)
+
+
+# ---- 6. divergence stops the run, and never overwrites a good checkpoint --------------------------
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    def poison_the_weights(searcher, record):
+        if record["epoch"] == 1:
+            with torch.no_grad():
+                for p in searcher.supernet.parameters():
+                    p.fill_(float("nan"))
+    cfg = tiny_cfg(tmp_path, epochs=2, warmup_epochs=1, name="nan")
+    with pytest.raises(training.Diverged, match="training diverged.*lower --lr") as e:
+        nss.run(cfg, callback=poison_the_weights)   # a Θ step on NaN weights: stopped before torch.multinomial fails
+    assert "\n" not in str(e.value) and "--overwrite" in str(e.value)
+    state = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["supernet"].values() if v.is_floating_point())
+    assert not (tmp_path / "nan" / "result.json").exists()
+    with pytest.raises(SystemExit) as exit_:
+        runs.cli(lambda argv: nss.run(tiny_cfg(tmp_path, epochs=2, warmup_epochs=1, name="nan2"),
+                                      callback=poison_the_weights))
+    assert exit_.value.code == 3 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_huge_learning_rate_is_stopped_without_a_checkpoint(tmp_path):
+    with pytest.raises(training.Diverged, match="lower --lr \\(now 1e\\+30\\)"):
+        nss.run(tiny_cfg(tmp_path, epochs=1, warmup_epochs=0, lr=1e30, name="huge"))
+    assert not (tmp_path / "huge").exists()     # nothing good was ever saved: a plain rerun starts clean
+
+
+def test_the_divergence_rule():
+    """Not finite, or above 3·ln C for two epochs in a row; one such epoch is only suspect (not checkpointed)."""
+    chance = math.log(10)
+    assert training.check_loss([2.3, 1.9], 10, "loss", "hint") is False
+    assert training.check_loss([2.3, 3.1 * chance], 10, "loss", "hint") is True
+    assert training.check_loss([3.1 * chance, 2.0], 10, "loss", "hint") is False
+    for losses in ([float("nan")], [2.3, float("inf")], [3.1 * chance, 3.1 * chance]):
+        with pytest.raises(training.Diverged, match="hint"):
+            training.check_loss(losses, 10, "loss", "hint")
+
+
+# ---- 9. resume only on the data the run started on ------------------------------------------------
+
+def image_folder(root: Path, classes=("a", "b"), train=16, test=4):
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", train), ("test", test)):
+        for k, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = (torch.rand(32, 32, 3, generator=g) * 80 + 60 * k).byte().numpy()
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+
+@pytest.mark.parametrize("change", ["fewer images", "another class"])
+def test_resume_refuses_other_data(tmp_path, change):
+    image_folder(tmp_path / "images")
+    cfg = dict(dataset="folder", data_dir=str(tmp_path / "images"), **REDUCED, target=6e6, batch_size=8,
+               progress=False, epochs=3, warmup_epochs=1, out=str(tmp_path), name="r")
+
+    def die_after_epoch_1(searcher, record):
+        raise Kill
+    with pytest.raises(Kill):
+        nss.run(nss.NSSConfig(**cfg), callback=die_after_epoch_1)
+    if change == "fewer images":
+        for f in list((tmp_path / "images" / "train" / "a").iterdir())[:4]:
+            f.unlink()
+    else:
+        image_folder(tmp_path / "images", classes=("c",))
+    with pytest.raises(runs.RunError, match="written on other data") as e:
+        nss.run(nss.NSSConfig(**cfg, resume=True))
+    assert "\n" not in str(e.value) and ("training images 32 → 28" if change == "fewer images" else "classes 2 → 3") in str(e.value)

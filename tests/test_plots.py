@@ -1,3 +1,4 @@
+import pytest
 """plots.py: Pareto fronts, EDFs, Table 1 and every figure, checked by hand-computed examples."""
 import math
 
@@ -48,6 +49,7 @@ def fake_scores(n, center, seed):
     return [{"flops": float(x), "error": float(10 + 3 * g.random() - np.log(x / 1e9))} for x in f]
 
 
+@pytest.mark.slow
 def test_every_plot_writes_a_png(tmp_path):
     full, elite = fake_scores(200, 3e9, 0), fake_scores(200, 1.6e9, 1)
     panel = {"title": "1.6GF", "target": 1.6e9, "groups": {"Expanded Search Space": full, "Elite Space": elite}}

@@ -33,6 +33,7 @@ def test_the_default_recipe_is_the_one_of_devries_and_taylor():
         runs.parse_config(scratch.ScratchConfig, ["--recipe", "slow"])
 
 
+@pytest.mark.slow
 def test_scratch_training_and_its_table(tmp_path):
     data = runs.load_data(runs.RunSettings(**COMMON), ESS)
     cfg = scratch.ScratchConfig(**COMMON, out=str(tmp_path), recipe="fast", seeds=2, epochs=2, batch_size=64, lr=0.1,
