@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 import data as data_mod
+import distributed
 import nas
 import plots
 import runs
@@ -108,6 +109,7 @@ class SupernetTrainer:
         if self.amp:
             self.supernet = self.supernet.to(memory_format=torch.channels_last)
         self.opt = cfg.sgd(self.supernet.parameters())
+        self.supernet.batch_stats_reduce = distributed.batch_stats_reduce()   # global-batch BN under torchrun
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.data_gen = data_mod.make_generator(device, cfg.seed + 1)
         self.epoch, self.step, self.history, self.seconds, self.suspect = 0, 0, [], 0.0, False
@@ -133,10 +135,13 @@ class SupernetTrainer:
                    disable=not self.cfg.progress, dynamic_ncols=True)
         for x, y in bar:
             forwards = [lambda inp, a=a: self.supernet(inp, a) for a in self.archs()]
-            loss_sum += train_step(forwards, self.opt, x, y, self.cfg.lr_at(self.step, len(self.loader)),
-                                   self.amp, self.cfg.label_smoothing)
+            # under torchrun: the same architectures everywhere, a share of the batch each, averaged gradients
+            loss_sum += train_step(forwards, self.opt, distributed.shard(x), distributed.shard(y),
+                                   self.cfg.lr_at(self.step, len(self.loader)), self.amp, self.cfg.label_smoothing,
+                                   sync=lambda: distributed.average_grads(self.supernet.parameters()))
             self.step += 1
-        record = {"epoch": self.epoch + 1, "loss": float(loss_sum) / len(self.loader), "seconds": time.time() - start}
+        record = {"epoch": self.epoch + 1, "loss": distributed.mean(loss_sum, self.device) / len(self.loader),
+                  "seconds": time.time() - start}
         self.suspect = check_loss([h["loss"] for h in self.history] + [record["loss"]], self.ess.num_classes,
                                   "the supernet's training loss", f"lower --lr (now {self.cfg.lr:g})")
         self.history.append(record)
@@ -144,9 +149,10 @@ class SupernetTrainer:
         self.seconds += record["seconds"]
         return record
 
-    def fit(self, on_epoch: Callable | None = None):
-        """Epochs up to ``cfg.epochs`` (from where a resumed state stands); ``on_epoch(trainer, record)`` after each."""
-        while self.epoch < self.cfg.epochs:
+    def fit(self, on_epoch: Callable | None = None, until: int | None = None):
+        """Epochs up to ``until`` (default ``cfg.epochs``), from where a resumed state stands; ``on_epoch(trainer,
+        record)`` after each."""
+        while self.epoch < (self.cfg.epochs if until is None else min(until, self.cfg.epochs)):
             record = self.train_epoch()
             if on_epoch is not None:
                 on_epoch(self, record)
@@ -177,6 +183,7 @@ def train_supernet(cfg: SupernetConfig, data: data_mod.ImageData | None = None, 
         data = runs.load_data(cfg, ess, device) if data is None else data.to(device)
         trainer = SupernetTrainer(cfg, ess, space, device)
         runs.train_run(trainer, cfg, run_dir, ess, data, device, callback)
+        trainer.supernet.batch_stats_reduce = None      # trained: scoring runs one architecture per process
         state = {"ess": ess.to_dict(), "space": space.to_dict(), "state": trainer.supernet.state_dict()}
         runs.write_atomic(run_dir / "supernet.pt", lambda p: runs.save_torch(state, p))
         result = {"space": space.to_dict(), "ess": ess.to_dict(), "dataset": cfg.dataset, "history": trainer.history,
@@ -203,7 +210,8 @@ def score_archs(supernet: SuperNet, archs: Sequence[Arch], data: data_mod.ImageD
     images (0: keep the supernet's statistics), and measure the test error (§4.2).
 
     Returns one dict per architecture, in order (repeats are scored once). The supernet's BN
-    statistics are restored afterwards.
+    statistics are restored afterwards. Under torchrun the processes split the architectures
+    (``distributed.map_shared``) and every process returns the whole list.
     """
     device = next(supernet.parameters()).device
     amp = amp and device.type == "cuda"
@@ -211,17 +219,23 @@ def score_archs(supernet: SuperNet, archs: Sequence[Arch], data: data_mod.ImageD
     calib, test_x, test_y = eval_tensors(data, calib_images, test_images, seed, channels_last=amp)
     saved = {k: v.clone() for k, v in supernet.state_dict().items() if "running" in k or "num_batches" in k}
     was_training = supernet.training
-    scores = {}
-    try:   # an architecture drawn twice is scored once
-        for arch in tqdm(list(dict.fromkeys(archs)), desc="scoring", leave=False, disable=not progress, dynamic_ncols=True):
-            with autocast(device, amp):
-                if calib_images:
-                    recalibrate_bn(supernet, calib, arch=arch, batch_size=min(batch_size, 500))
-                supernet.eval()
-                error = test_error(lambda x: supernet(x, arch), test_x, test_y, batch_size)
-            scores[arch] = {"arch": arch.to_dict(), "flops": arch_flops(arch, supernet.ess),
-                            "params": arch_params(arch, supernet.ess), "error": error}
+    unique = list(dict.fromkeys(archs))     # an architecture drawn twice is scored once
+    bar = tqdm(total=len(distributed.my_share(len(unique))), desc="scoring", leave=False, disable=not progress,
+               dynamic_ncols=True)
+
+    def score(arch: Arch) -> dict:
+        with autocast(device, amp):
+            if calib_images:
+                recalibrate_bn(supernet, calib, arch=arch, batch_size=min(batch_size, 500))
+            supernet.eval()
+            error = test_error(lambda x: supernet(x, arch), test_x, test_y, batch_size)
+        bar.update()
+        return {"arch": arch.to_dict(), "flops": arch_flops(arch, supernet.ess),
+                "params": arch_params(arch, supernet.ess), "error": error}
+    try:
+        scores = dict(zip(unique, distributed.map_shared(score, unique)))
     finally:
+        bar.close()
         supernet.load_state_dict(saved, strict=False)
         supernet.train(was_training)
     return [dict(scores[arch]) for arch in archs]

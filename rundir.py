@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+import distributed
 from training import Diverged
 
 
@@ -40,6 +41,8 @@ class Interrupted(KeyboardInterrupt):
 def write_atomic(path: Path, write: Callable[[Path], None]):
     """Write through a temporary file beside ``path`` and rename it, so a crash never leaves a half-written
     file; a failed write removes its temporary file, and an OSError (full disk, no permission) is a RunError."""
+    if not distributed.is_main():      # several processes: rank 0 alone writes
+        return
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -154,6 +157,9 @@ def run_folder(run_dir: Path, cfg, own: tuple[str, ...] | None = None,
       made) are removed, so a plain rerun starts clean; Ctrl-C and a divergence say what was kept.
     """
     run_dir, names = Path(run_dir), own or RUN_FILES
+    if not distributed.is_main():      # several processes: rank 0 holds and writes the folder
+        yield run_dir
+        return
     missing = lambda: progress is None or not (run_dir / progress).is_file()
     if cfg.resume and missing():
         raise RunError(f"nothing to resume: {run_dir / progress} does not exist" if progress else

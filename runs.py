@@ -12,6 +12,7 @@ run folder, resumable checkpoints and a result file's common fields.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import math
 import os
@@ -27,6 +28,7 @@ from typing import Callable
 import torch
 
 import data as data_mod
+import distributed
 from flops import arch_params
 from rundir import RunError, load_checkpoint, os_error, run_folder, save_torch, write_atomic, write_json
 from search import SearchSettings, Searcher, check_target
@@ -227,13 +229,15 @@ def parse_config(cls, argv=None, description: str = ""):
     with user_input():         # a settings class may refuse a value as it is built (e.g. an unknown recipe)
         cfg = cls(**{**preset, **given})
     cfg.check()
+    if not distributed.is_main() and hasattr(cfg, "progress"):
+        cfg.progress = False   # under torchrun rank 0 alone shows progress
     return cfg
 
 
 def resolve_device(name: str) -> torch.device:
     """'auto' means CUDA when available, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.device_for(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -242,7 +246,7 @@ def resolve_device(name: str) -> torch.device:
         raise RunError(f"--device {name}: CUDA is not available on this machine")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise RunError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
+    return distributed.device_for(device)
 
 
 def memory_of(device: torch.device) -> tuple[int, str]:
@@ -275,12 +279,12 @@ def versions() -> dict:
             "numpy": numpy.__version__, "git_commit": commit}
 
 
-def check_same_settings(cfg: RunSettings, state: dict, device: torch.device):
-    """A checkpoint resumes only in the program and under the settings that wrote it (bar the VOLATILE ones),
-    and on the same kind of device."""
+def check_same_settings(cfg: RunSettings, state: dict, device: torch.device, ignore: tuple[str, ...] = ()):
+    """A checkpoint resumes only in the program and under the settings that wrote it (bar the VOLATILE ones
+    and those in ``ignore``), and on the same kind of device."""
     try:
-        mine = {k: v for k, v in cfg.to_dict().items() if k not in cfg.VOLATILE}
-        theirs = {k: v for k, v in state["config"].items() if k not in cfg.VOLATILE}
+        mine = {k: v for k, v in cfg.to_dict().items() if k not in cfg.VOLATILE + ignore}
+        theirs = {k: v for k, v in state["config"].items() if k not in cfg.VOLATILE + ignore}
         kind = state["device_type"]
     except (KeyError, TypeError, AttributeError):
         raise RunError("the checkpoint is not one of this program's: delete it or pass --overwrite") from None
@@ -330,22 +334,35 @@ def write_run_config(run_dir: Path, cfg, ess: ExpandedSearchSpace, device: torch
     """config.json: the resolved config, the space, the device and the versions (the run describes itself)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     write_json(run_dir / "config.json", {"config": cfg.to_dict(), "ess": ess.to_dict(), "device": str(device),
-                                         "device_name": name, "argv": sys.argv, "versions": versions()})
+                                         "device_name": name, "world_size": distributed.world(), "argv": sys.argv,
+                                         "versions": versions()})
 
 
 def train_run(trainer, cfg: RunSettings, run_dir: Path, ess: ExpandedSearchSpace, data: data_mod.ImageData,
-              device: torch.device, callback: Callable | None = None):
-    """Resume ``trainer`` if asked, attach the data, write config.json and ``fit`` it with a checkpoint per epoch.
+              device: torch.device, callback: Callable | None = None, start: dict | None = None,
+              until: int | None = None, ignore: tuple[str, ...] = ()):
+    """Resume ``trainer`` if asked (else start it from the state ``start``, if given), attach the data, write
+    config.json and ``fit`` it up to epoch ``until`` with a checkpoint per epoch.
 
-    ``trainer`` has ``attach(data)``, ``fit(on_epoch)``, ``state_dict()``, ``load_state_dict(state)``,
+    ``trainer`` has ``attach(data)``, ``fit(on_epoch, until)``, ``state_dict()``, ``load_state_dict(state)``,
     ``describe(record)`` and ``suspect`` (the last epoch's loss is far above chance: not checkpointed);
     ``checkpoint.pt`` holds its state with the program, the config, the device kind and the data's fingerprint.
+    A resumed checkpoint must match the config, bar the settings named in ``ignore``.
     """
     data_print = fingerprint(data)
-    if cfg.resume:
+    state = None
+    if cfg.resume and distributed.is_main():    # several processes: rank 0 reads, every process resumes
         state = load_checkpoint(run_dir / "checkpoint.pt")
-        check_same_settings(cfg, state, device)
+    elif start is not None:
+        # a copy of ``start``: an optimiser's load_state_dict may keep its tensors (momentum) and train them in place
+        state = copy.deepcopy(start)
+    if state is not None:
+        check_same_settings(cfg, state, device, ignore)
         check_same_data(data_print, state.get("data"))
+    distributed.agree()                         # every process is ready, or all stop here with one line
+    if cfg.resume:
+        state = distributed.broadcast(state)
+    if state is not None:
         try:
             trainer.load_state_dict(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -359,19 +376,21 @@ def train_run(trainer, cfg: RunSettings, run_dir: Path, ess: ExpandedSearchSpace
             state = {"program": type(cfg).__name__, "config": cfg.to_dict(), "device_type": device.type,
                      "data": data_print, **trainer.state_dict()}
             write_atomic(run_dir / "checkpoint.pt", lambda p: save_torch(state, p))
-        if cfg.progress:
+        if cfg.progress and distributed.is_main():
             print(trainer.describe(record), file=sys.stderr)
         if callback is not None:
             callback(trainer, record)
-    trainer.fit(on_epoch)
+    with distributed.steps():
+        trainer.fit(on_epoch, until=until)
+    return trainer
 
 
 def run_search(cfg: SearchConfig, ess: ExpandedSearchSpace, options: Options, what: str, default_name: str,
                finish: Callable[[Searcher], dict], data: data_mod.ImageData | None = None,
-               callback: Callable | None = None, result_file: str = "result.json") -> dict:
+               callback: Callable | None = None, result_file: str = "result.json", start: dict | None = None) -> dict:
     """Check the target, search with a checkpoint per epoch (resumable), ``finish`` the searcher into a result
     with P_Θ, the history, the dataset, the space, the timings and the run folder, and write it to
-    ``result_file``, all while holding the run folder (NSS and NAS)."""
+    ``result_file``, all while holding the run folder (NSS and NAS). ``start``: a warmed-up state to go on from."""
     started = time.time()
     with user_input():
         check_target(cfg.target, options, ess, what)
@@ -379,7 +398,7 @@ def run_search(cfg: SearchConfig, ess: ExpandedSearchSpace, options: Options, wh
         device = resolve_device(cfg.device)
         data = load_data(cfg, ess, device) if data is None else data
         searcher = Searcher(cfg.part(SearchSettings), ess, options, device, cfg.amp, cfg.progress)
-        train_run(searcher, cfg, run_dir, ess, data, device, callback)
+        train_run(searcher, cfg, run_dir, ess, data, device, callback, start=start, ignore=("target",) * bool(start))
         result = finish(searcher) | searcher.result() | {
             "dataset": cfg.dataset, "ess": ess.to_dict(), "seconds": searcher.seconds,
             "wall_seconds": time.time() - started, "run_dir": str(run_dir)}
@@ -387,21 +406,67 @@ def run_search(cfg: SearchConfig, ess: ExpandedSearchSpace, options: Options, wh
     return result
 
 
+def run_searches(cfgs: list[SearchConfig], names: list[str], warmup_name: str, ess: ExpandedSearchSpace,
+                 options: Options, what: str, finish: Callable[[SearchConfig, Searcher], dict],
+                 data: data_mod.ImageData | None = None, callback: Callable | None = None) -> list[dict]:
+    """Several FLOPs targets, one warmup: the warmup epochs (uniform sampling, weight steps only, §4.1) do not
+    depend on the target, so they run once, in runs/<warmup_name>, and each target's search goes on from the
+    warmed-up state in its own run folder runs/<name> with its own result.json.
+
+    The configs differ only in ``target``. With --resume, the warmup and every target go on from their own
+    checkpoint where one exists (a target not started yet starts from the warmup), so a run killed anywhere
+    resumes; a target searched here gives the result of the same target searched alone (same seed).
+    """
+    base = cfgs[0]
+    with user_input():
+        for cfg in cfgs:
+            check_target(cfg.target, options, ess, what)
+    device = resolve_device(base.device)
+    data = load_data(base, ess, device) if data is None else data
+    has_checkpoint = lambda name: (Path(base.out) / name / "checkpoint.pt").is_file()
+    warm_cfg = dataclasses.replace(base, name=warmup_name, resume=base.resume and has_checkpoint(warmup_name))
+    with run_folder(Path(base.out) / warmup_name, warm_cfg) as warm_dir:
+        searcher = Searcher(base.part(SearchSettings), ess, options, device, base.amp, base.progress)
+        train_run(searcher, warm_cfg, warm_dir, ess, data, device, callback, until=base.warmup_epochs,
+                  ignore=("target",))
+        warm = {"program": type(base).__name__, "config": warm_cfg.to_dict(), "device_type": device.type,
+                "data": fingerprint(data), **searcher.state_dict()}
+    results = []
+    for cfg, name in zip(cfgs, names):
+        cfg = dataclasses.replace(cfg, name=name, resume=base.resume and has_checkpoint(name))
+        results.append(run_search(cfg, ess, options, what, name,
+                                  lambda s, cfg=cfg: finish(cfg, s) | {"warmup_run": str(warm_dir)}, data, callback,
+                                  start=warm))
+    return results
+
+
 def cli(main: Callable[[list[str] | None], int]):
     """Run a CLI entry point: each failure is one line on stderr and an exit code of EXIT_CODES: bad input,
-    data or files (an OSError: full disk, no permission…) 2, a divergence 3, Ctrl-C 130."""
+    data or files (an OSError: full disk, no permission…) 2, a divergence 3, Ctrl-C 130.
+
+    Under torchrun every process runs ``main`` (``distributed``); a process that fails before the
+    collective steps tells the others, so all of them stop with one line instead of waiting.
+    """
     prog = Path(sys.argv[0]).name
+    code, message, relay = 0, None, True
     try:
-        sys.exit(main(sys.argv[1:]))
+        if distributed.init() and not distributed.is_main():
+            sys.stdout = open(os.devnull, "w")      # one summary, from rank 0; errors still reach stderr
+        code = main(sys.argv[1:])
     except (RunError, data_mod.DataError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(EXIT_CODES["bad input, data or files"])
+        code, message = EXIT_CODES["bad input, data or files"], f"error: {e}"
     except OSError as e:
-        print(f"{prog}: error: {os_error(e)}", file=sys.stderr)
-        sys.exit(EXIT_CODES["bad input, data or files"])
+        code, message = EXIT_CODES["bad input, data or files"], f"error: {os_error(e)}"
+    except distributed.RankFailed as e:           # another process failed and told this one
+        code, message, relay = EXIT_CODES["bad input, data or files"], f"error: {e}", False
     except Diverged as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        sys.exit(EXIT_CODES["diverged"])
-    except KeyboardInterrupt as e:
-        print(f"{prog}: {e or 'interrupted'}", file=sys.stderr)
-        sys.exit(EXIT_CODES["interrupted"])
+        code, message = EXIT_CODES["diverged"], str(e)
+    except KeyboardInterrupt as e:                # torchrun passes Ctrl-C to every process
+        code, message, relay = EXIT_CODES["interrupted"], str(e) or "interrupted", False
+    if message is not None:
+        where = f" (rank {distributed.rank()})" if distributed.world() > 1 else ""
+        print(f"{prog}{where}: {message}", file=sys.stderr)
+        if relay:
+            distributed.fail(message)
+    distributed.close()
+    sys.exit(code)

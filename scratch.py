@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 import data as data_mod
+import distributed
 import runs
 from flops import arch_flops, arch_params
 from runs import RunError, RunSettings, option
@@ -227,7 +228,8 @@ def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.Ima
     weights = tuple(f"seed{seed}.pt" for seed in range(cfg.seed, cfg.seed + cfg.seeds))
     with runs.run_folder(run_dir, cfg, own=(out.name, *weights), progress=out.name):
         try:
-            result = json.loads(out.read_text()) if cfg.resume else {}
+            # several processes: rank 0 reads what earlier seeds left, every process learns it
+            result = distributed.broadcast(json.loads(out.read_text()) if cfg.resume and distributed.is_main() else {})
             trained, same_arch = list(result.get("runs", [])), not result or result["arch"] == arch.to_dict()
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise RunError(f"{out} is corrupt ({type(e).__name__}): pass --overwrite to start over") from None
@@ -237,10 +239,19 @@ def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.Ima
         data_print = runs.fingerprint(data)
         runs.check_same_data(data_print, result.get("data"), str(out))
         recipe = {**cfg.recipe_values(), "cutout": cfg.cutout_for(ess.num_classes)}
-        for seed in range(cfg.seed + len(trained), cfg.seed + cfg.seeds):
+
+        def train(seed: int) -> tuple[dict, dict]:
             run, net = train_from_scratch(arch, ess, data, cfg, seed)
-            save_network(run_dir / f"seed{seed}.pt", net, ess, error=run["error"], recipe=recipe, dataset=cfg.dataset)
-            trained.append({**run, "weights": f"seed{seed}.pt"})
+            return run, {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        todo = list(range(cfg.seed + len(trained), cfg.seed + cfg.seeds))
+        # one seed per process at a time (under torchrun the processes share the seeds); results after each round
+        for seeds in [todo[i:i + distributed.world()] for i in range(0, len(todo), distributed.world())]:
+            for seed, (run, state) in zip(seeds, distributed.map_shared(train, seeds)):
+                net = build(arch, ess)
+                net.load_state_dict(state)
+                save_network(run_dir / f"seed{seed}.pt", net, ess, error=run["error"], recipe=recipe,
+                             dataset=cfg.dataset)
+                trained.append({**run, "weights": f"seed{seed}.pt"})
             errors = [r["error"] for r in trained]
             result = {"arch": arch.to_dict(), "flops": arch_flops(arch, ess), "params": arch_params(arch, ess),
                       "dataset": cfg.dataset, "recipe": recipe, "errors": errors, "mean": float(np.mean(errors)),

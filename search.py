@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import data as data_mod
+import distributed
 from flops import OptionMoments, arch_flops, expected_flops, flops_loss, flops_range, format_flops, space_flops
 from space import Arch, ExpandedSearchSpace, Options, Space
 from supernet import SuperNet
@@ -183,14 +184,18 @@ class Searcher:
             if self.amp:
                 self.supernet = self.supernet.to(memory_format=torch.channels_last)
             self.weight_opt = settings.sgd(self.supernet.parameters())
+            self.supernet.batch_stats_reduce = distributed.batch_stats_reduce()   # global-batch BN under torchrun
         self.epoch, self.step, self.history, self.seconds, self.suspect = 0, 0, [], 0.0, False
         self.executed_flops: list[int] = []     # per Θ step of the current epoch
 
     # ---- one step each ------------------------------------------------------------------
     def weight_step(self, x: torch.Tensor, y: torch.Tensor, lr: float, uniform: bool) -> torch.Tensor:
-        """𝒜 ~ P_Θ (uniform in warmup), a ~ U(𝒜), sliced forward, CE, one SGD step (Eq. 3)."""
+        """𝒜 ~ P_Θ (uniform in warmup), a ~ U(𝒜), sliced forward, CE, one SGD step (Eq. 3). Under torchrun
+        every process draws the same 𝒜 and a, runs its share of the batch and averages the gradients."""
         arch = self.theta.sample(self.gen, uniform=uniform).sample(self.gen)
-        return train_step(lambda inp: self.supernet(inp, arch), self.weight_opt, x, y, lr, self.amp)
+        sync = lambda: distributed.average_grads(self.supernet.parameters())
+        return train_step(lambda inp: self.supernet(inp, arch), self.weight_opt, distributed.shard(x),
+                          distributed.shard(y), lr, self.amp, sync=sync)
 
     def theta_step(self, x: torch.Tensor | None, y: torch.Tensor | None, tau: float, target: float,
                    lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,8 +214,8 @@ class Searcher:
             depth_values, width_values = self.options.draw_values(self.gen)
             plans = self.supernet.masked_plan([g[0] for g in g_d], [g[0] for g in g_w], depth_values, width_values,
                                               self.settings.eps)
-            with autocast(self.device, self.amp):
-                task = F.cross_entropy(self.supernet.run(x, plans).float(), y)
+            with autocast(self.device, self.amp):      # this process's share of the batch (all of it alone)
+                task = F.cross_entropy(self.supernet.run(distributed.shard(x), plans).float(), distributed.shard(y))
             loss = task + loss.to(task.device)
             # the forward runs plan.depth blocks of plan.width channels per stage whatever the masks: its cost per image
             executed = arch_flops(Arch(tuple(p.depth for p in plans), tuple(p.width for p in plans)), self.ess)
@@ -218,6 +223,7 @@ class Searcher:
         params = list(self.theta.parameters())
         for p, g in zip(params, torch.autograd.grad(loss, params)):
             p.grad = g
+        distributed.average_grads(params)          # Θ stays identical on every process
         self.arch_opt.step()
         if not all(bool(p.isfinite().all()) for p in params):      # Θ is on the host: no device sync
             hint = f"--lr (now {self.settings.lr:g})" if not bool(task.isfinite()) else f"--arch-lr (now {self.settings.arch_lr:g})"
@@ -244,10 +250,12 @@ class Searcher:
             raise data_mod.DataError(f"too few images: {len(data.train_y)} training images cannot be split "
                                      f"into two halves of a batch")
 
-    def fit(self, on_epoch: Callable[[Searcher, dict], None] | None = None):
-        """The search loop: epochs up to ``settings.epochs`` (from where a resumed state stands);
-        ``on_epoch(searcher, record)`` after each (the command lines save a checkpoint there)."""
-        while self.epoch < self.settings.epochs:
+    def fit(self, on_epoch: Callable[[Searcher, dict], None] | None = None, until: int | None = None):
+        """The search loop: epochs up to ``until`` (default ``settings.epochs``), from where a resumed state
+        stands; ``on_epoch(searcher, record)`` after each (the command lines save a checkpoint there).
+        ``until=warmup_epochs`` stops after the warmup, which does not depend on the target: several
+        targets can go on from one warmed-up state (``runs.run_searches``)."""
+        while self.epoch < min(self.settings.epochs, until if until is not None else self.settings.epochs):
             record = self.train_epoch()
             if on_epoch is not None:
                 on_epoch(self, record)
@@ -277,7 +285,7 @@ class Searcher:
             if self.progress and (i % 20 == 0 or i == steps - 1):
                 bar.set_postfix_str(self.status(tau, sums["loss"] / (i + 1)))
         record = {"epoch": epoch + 1, "phase": "warmup" if warmup else "search",
-                  **{k: float(v) / steps for k, v in sums.items()},
+                  **{k: distributed.mean(v, self.device) / steps for k, v in sums.items()},
                   "expected_flops": self.expected_flops(), "tau": tau, "seconds": time.time() - start,
                   "executed_flops": (sum(self.executed_flops) / len(self.executed_flops)
                                      if self.supernet is not None and self.executed_flops else None),

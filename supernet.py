@@ -115,11 +115,13 @@ def _conv(conv: nn.Conv2d, x: torch.Tensor, c_out: int) -> torch.Tensor:
     return F.conv2d(x, conv.weight[:c_out, :x.shape[1]], None, conv.stride, conv.padding)
 
 
-def _bn(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+def _bn(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None, reduce: Callable | None = None) -> torch.Tensor:
     """``bn`` on the input's channels, as nn.BatchNorm2d would run; ``scale`` folds in the channel mask.
 
     A channel mask m ≥ 0 multiplying BN's output is the same as multiplying γ and β by m,
-    so the FBNetV2 mask costs no extra pass over the activations.
+    so the FBNetV2 mask costs no extra pass over the activations. With ``reduce`` (several
+    processes, each holding a share of the batch), training-mode statistics are those of the
+    global batch (``_global_batch_norm``).
     """
     c = x.shape[1]
     weight, bias = bn.weight[:c], bn.bias[:c]
@@ -131,16 +133,36 @@ def _bn(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None) -> torc
         if bn.training and bn.track_running_stats:
             bn.num_batches_tracked.add_(1)
             momentum = 1.0 / float(bn.num_batches_tracked)
+    if reduce is not None and bn.training:
+        return _global_batch_norm(bn, x, weight, bias, momentum, reduce)
     return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], weight, bias,
                         bn.training, momentum, bn.eps)
 
 
-def _block(block: BasicBlock, x: torch.Tensor, width: int, scale: torch.Tensor | None) -> torch.Tensor:
+def _global_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                       momentum: float, reduce: Callable) -> torch.Tensor:
+    """Training-mode BN over the global batch (synchronised BN): ``reduce`` sums each process's
+    (count, Σx, Σx²) per channel over the processes, with autograd, so that N processes with a share of
+    the batch each normalise as one process with the whole batch would."""
+    c, xf = x.shape[1], x.float()
+    local = torch.cat([xf.new_full((1,), xf.numel() / c), xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3))])
+    stats = reduce(local)
+    count, mean = stats[0], stats[1:c + 1] / stats[0]
+    var = (stats[c + 1:] / count - mean * mean).clamp_min(0)
+    with torch.no_grad():
+        bn.running_mean[:c].lerp_(mean.to(bn.running_mean.dtype), momentum)
+        bn.running_var[:c].lerp_((var * count / (count - 1).clamp_min(1)).to(bn.running_var.dtype), momentum)
+    gain = torch.rsqrt(var + bn.eps) * weight
+    return ((xf - mean[:, None, None]) * gain[:, None, None] + bias[:, None, None]).to(x.dtype)
+
+
+def _block(block: BasicBlock, x: torch.Tensor, width: int, scale: torch.Tensor | None,
+           reduce: Callable | None = None) -> torch.Tensor:
     """``BasicBlock.forward`` on the first ``width`` channels, every BN output scaled by ``scale``."""
-    shortcut = x if block.proj is None else _bn(block.proj_bn, _conv(block.proj, x, width), scale)
-    h = F.relu(_bn(block.bn1, _conv(block.conv1, x, width), scale))
+    shortcut = x if block.proj is None else _bn(block.proj_bn, _conv(block.proj, x, width), scale, reduce)
+    h = F.relu(_bn(block.bn1, _conv(block.conv1, x, width), scale, reduce))
     # x is already masked (an earlier BN output), so the sum is masked exactly once
-    return F.relu(_bn(block.bn2, _conv(block.conv2, h, width), scale) + shortcut)
+    return F.relu(_bn(block.bn2, _conv(block.conv2, h, width), scale, reduce) + shortcut)
 
 
 @dataclass
@@ -166,6 +188,9 @@ class SuperNet(nn.Module):
         self.ess = ess
         largest = build(ess.largest_arch(), ess)   # same module names as every build(arch)
         self.stem, self.stages, self.head = largest.stem, largest.stages, largest.head
+        # several processes training one supernet: sums a tensor over them, with autograd, for global-batch
+        # BN statistics (``_global_batch_norm``); None in one process
+        self.batch_stats_reduce: Callable | None = None
 
     def forward(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
         """Sliced single-path forward of architecture a: costs exactly FLOPs(a)."""
@@ -204,11 +229,12 @@ class SuperNet(nn.Module):
 
     def run(self, x: torch.Tensor, plans: Sequence[StagePlan]) -> torch.Tensor:
         """Forward through the stem, the planned stages and the head."""
-        x = self.stem(x)                                       # (B, w_0, H, W)
-        for stage, plan in zip(self.stages, plans):
+        reduce = self.batch_stats_reduce
+        x = self.stem(x) if reduce is None else F.relu(_bn(self.stem.bn, self.stem.conv(x), None, reduce))
+        for stage, plan in zip(self.stages, plans):             # x: (B, w_0, H, W)
             mixed = None
             for j in range(plan.depth):
-                x = _block(stage[j], x, plan.width, plan.mask)  # (B, width, H_i, W_i)
+                x = _block(stage[j], x, plan.width, plan.mask, reduce)  # (B, width, H_i, W_i)
                 if plan.coeffs is not None and j + 1 in plan.coeffs:
                     term = plan.coeffs[j + 1] * x
                     mixed = term if mixed is None else mixed + term

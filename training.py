@@ -41,9 +41,11 @@ def autocast(device: torch.device, enabled: bool):
 
 
 def train_step(forwards: Callable | Sequence[Callable], optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor, lr: float, amp: bool = False, label_smoothing: float = 0.0) -> torch.Tensor:
+               y: torch.Tensor, lr: float, amp: bool = False, label_smoothing: float = 0.0,
+               sync: Callable[[], None] | None = None) -> torch.Tensor:
     """One SGD step at learning rate ``lr`` on the cross-entropy of one forward, or the sum over several
-    (the sandwich rule); returns the mean loss without a host sync."""
+    (the sandwich rule); returns the mean loss without a host sync. ``sync`` runs between the backward
+    passes and the step (several processes: it averages the gradients)."""
     forwards = [forwards] if callable(forwards) else list(forwards)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -54,6 +56,8 @@ def train_step(forwards: Callable | Sequence[Callable], optimizer: torch.optim.O
             loss = F.cross_entropy(forward(x).float(), y, label_smoothing=label_smoothing)
         loss.backward()
         total += loss.detach()
+    if sync is not None:
+        sync()
     optimizer.step()
     return total / len(forwards)
 

@@ -112,6 +112,60 @@ def test_resume_refuses_other_settings_and_corrupt_checkpoints(tmp_path):
         nss.run(tiny_cfg(tmp_path, epochs=2, warmup_epochs=1, name="a", resume=True))
 
 
+# ---- several targets, one warmup ---------------------------------------------------------------
+
+def strip_times(result: dict) -> dict:
+    """A result without what legitimately differs between two runs: timings and folders."""
+    drop = {"seconds", "wall_seconds", "run_dir", "warmup_run"}
+    if isinstance(result, dict):
+        return {k: strip_times(v) for k, v in result.items() if k not in drop}
+    return [strip_times(v) for v in result] if isinstance(result, list) else result
+
+
+@pytest.mark.slow
+def test_several_targets_share_one_warmup_and_match_each_target_searched_alone(tmp_path):
+    kw = dict(epochs=4, warmup_epochs=2)
+    both = nss.run_targets(tiny_cfg(tmp_path, name="multi", **kw), [5e6, 8e6])
+    assert [r["target"] for r in both] == [5e6, 8e6]
+    assert [Path(r["run_dir"]).name for r in both] == ["multi-5MF", "multi-8MF"]
+    assert {r["warmup_run"] for r in both} == {str(tmp_path / "multi-warmup")}
+    warm = torch.load(tmp_path / "multi-warmup" / "checkpoint.pt", weights_only=True)
+    assert warm["epoch"] == 2 and [h["phase"] for h in warm["history"]] == ["warmup", "warmup"]
+    for result in both:
+        assert json.loads((Path(result["run_dir"]) / "result.json").read_text())["target"] == result["target"]
+        alone = nss.run(tiny_cfg(tmp_path, name=f"alone-{result['target']:g}", target=result["target"], **kw))
+        assert strip_times(result) == strip_times(alone)       # the same seed: the same search, bit for bit
+    assert both[0]["probs"] != both[1]["probs"]                # ... and the targets did steer Θ apart
+
+
+@pytest.mark.slow
+def test_several_targets_resume_in_the_warmup_and_in_each_target(tmp_path):
+    kw = dict(epochs=4, warmup_epochs=2, name="m")
+    whole = nss.run_targets(tiny_cfg(tmp_path / "whole", **kw), [5e6, 8e6])
+    out = tmp_path / "cut"
+    for stop in [(1, "warmup"), (3, 5e6), (4, 8e6)]:      # killed in the warmup, in the first target, in the last
+        def kill(searcher, record, stop=stop):
+            if record["epoch"] == stop[0] and (stop[1] == "warmup" or searcher.settings.target == stop[1]):
+                raise Kill
+        with pytest.raises(Kill):
+            nss.run_targets(tiny_cfg(out, resume=(out / "m-warmup").exists(), **kw), [5e6, 8e6], callback=kill)
+    resumed = nss.run_targets(tiny_cfg(out, resume=True, **kw), [5e6, 8e6])
+    assert [strip_times(r) for r in resumed] == [strip_times(r) for r in whole]
+    with pytest.raises(runs.RunError, match="already holds a run"):     # without --resume a finished run is kept
+        nss.run_targets(tiny_cfg(out, **kw), [5e6, 8e6])
+
+
+def test_the_target_list_flag(tmp_path):
+    argv, targets = nss.split_targets(["--quick", "--target", "5e6,8e6", "--seed", "1"])
+    assert targets == [5e6, 8e6] and argv == ["--quick", "--target=5000000.0", "--seed", "1"]
+    assert nss.split_targets(["--target=6e6"]) == (["--target=6e6"], None)
+    for bad, why in (("5e6,x", "comma-separated"), ("5e6,-1", "positive"), ("5e6,nan", "positive")):
+        with pytest.raises(runs.RunError, match=why):
+            nss.split_targets(["--target", bad])
+    with pytest.raises(runs.RunError, match="twice"):
+        nss.run_targets(tiny_cfg(tmp_path), [5e6, 5e6])
+
+
 # ---- 4. the CLI ----------------------------------------------------------------------------
 
 def run_cli(*args, cwd):

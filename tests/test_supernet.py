@@ -2,10 +2,12 @@
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from flops import arch_flops
 from space import Arch, ExpandedSearchSpace, Options, Space
+import supernet
 from supernet import SuperNet, build, recalibrate_bn
 
 ESS = ExpandedSearchSpace.reduced()
@@ -203,3 +205,26 @@ def test_bf16_autocast_and_channels_last():
     assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
     masked.float().sum().backward()
     assert all(torch.isfinite(g.grad).all() and g.grad.abs().max() > 0 for g in g_w)
+
+
+def test_global_batch_norm_over_one_process_is_batch_norm():
+    """The synchronised BN of several processes, with a world of one (the sum over processes is x itself),
+    is nn.BatchNorm2d: output, running statistics and gradients."""
+    torch.manual_seed(0)
+    ref, bn = nn.BatchNorm2d(6), nn.BatchNorm2d(6)
+    with torch.no_grad():
+        for m in (ref, bn):
+            m.weight.copy_(torch.linspace(0.5, 1.5, 6))
+            m.bias.copy_(torch.linspace(-1, 1, 6))
+    x = torch.randn(8, 4, 5, 5) * 3 + 1
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected = F.batch_norm(xa, ref.running_mean[:4], ref.running_var[:4], ref.weight[:4], ref.bias[:4], True, 0.1, ref.eps)
+    got = supernet._bn(bn, xb, None, reduce=lambda t: t)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(bn.running_mean, ref.running_mean, atol=1e-6)
+    assert torch.allclose(bn.running_var, ref.running_var, atol=1e-5)
+    w = torch.randn_like(got)
+    (expected * w).sum().backward()
+    (got * w).sum().backward()
+    assert torch.allclose(xb.grad, xa.grad, atol=1e-4)
+    assert torch.allclose(bn.weight.grad, ref.weight.grad, atol=1e-4)
