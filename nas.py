@@ -24,6 +24,7 @@ import torch
 import data as data_mod
 import runs
 from flops import arch_flops, format_flops
+from rundir import read_text
 from runs import RunError, SearchConfig, option
 from search import Searcher, Theta
 from space import Arch, ExpandedSearchSpace, Options, Space
@@ -75,12 +76,7 @@ def load_space(spec: str, ess: ExpandedSearchSpace) -> Space:
     if spec == "full":
         return ess.full_space()
     path = Path(spec)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise RunError(f"cannot read the space file {path}: {e.strerror or e}") from None
-    except ValueError:
-        raise RunError(f"malformed space JSON in {path}: it is not UTF-8 text") from None
+    text = read_text(path, "the space file")
     try:
         d = json.loads(text)
         if isinstance(d, dict) and "elite_space" in d:

@@ -202,6 +202,17 @@ def run_folder(run_dir: Path, cfg, own: tuple[str, ...] | None = None,
         os.close(fd)
 
 
+def read_text(path: str | Path, what: str) -> str:
+    """The text of a side file (``what``: "the space file", say); a missing or unreadable file, or one
+    that is not UTF-8, is one line."""
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise RunError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except ValueError:
+        raise RunError(f"cannot read {what} {path}: it is not UTF-8 text") from None
+
+
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint (or supernet file) as a dict, read on the CPU; anything else is a one-line RunError."""
     if not path.is_file():

@@ -27,6 +27,7 @@ import data as data_mod
 import distributed
 import runs
 from flops import arch_flops, arch_params
+from rundir import read_text
 from runs import RunError, RunSettings, option
 from training import SGDSettings, autocast, check_loss, cosine_lr, train_step
 from space import Arch, ExpandedSearchSpace
@@ -115,14 +116,7 @@ class ScratchConfig(RunSettings, TrainSettings):
 
 def load_arch(spec: str, ess: ExpandedSearchSpace) -> Arch:
     """An architecture from a nas.json (its ``arch``), a JSON file or inline JSON."""
-    text = spec
-    if not spec.lstrip().startswith("{"):
-        try:
-            text = Path(spec).read_text()
-        except OSError as e:
-            raise RunError(f"cannot read the architecture file {spec}: {e.strerror or e}") from None
-        except ValueError:
-            raise RunError(f"malformed architecture JSON in {spec}: it is not UTF-8 text") from None
+    text = spec if spec.lstrip().startswith("{") else read_text(spec, "the architecture file")
     try:
         d = json.loads(text)
         return Arch.from_dict(d["arch"] if isinstance(d, dict) and "arch" in d else d).validate(ess)
