@@ -127,3 +127,58 @@ def report(parts: list[tuple[str, float]], g: GPU | None = None, budget_minutes:
     verdict = "" if budget_minutes is None else f" ({'within' if total <= 60 * budget_minutes else 'OVER'} " \
                                                 f"the {budget_minutes:g}-minute budget)"
     return "\n".join([f"GPU time, {g.source}:", *lines, f"  {'total':<58s} {total / 60:7.1f} min{verdict}"])
+
+
+# --------------------------------------------------------------------------------------------
+# What the notebooks' estimates need: the FLOPs that a search's steps execute
+# --------------------------------------------------------------------------------------------
+
+def theta_flops(largest_flops: float, target: float, share: float = 0.56) -> float:
+    """FLOPs per image of a masked Θ step, averaged over the τ_0 = 5 → τ_end = 0.1 schedule.
+
+    At τ = 5 every option weighs more than ε and the step runs the largest network the options allow; as τ
+    falls it shrinks towards about the target. We take the target plus ``share`` of the way up to the
+    largest network: 56% of the supernet was measured on the reduced space (with the task loss). A Θ
+    trained on the FLOPs loss alone executed 31–53% of the full space's supernet in NSS (4 or 20 search
+    epochs; 600MF–16GF targets) and 46–71% in NAS over the full space (3–4 search epochs), so read this as
+    the middle of a range, not a bound.
+    """
+    return target + share * max(0.0, largest_flops - target)
+
+
+def weight_flops(mean_flops: float, target: float) -> float:
+    """FLOPs per image of a search epoch's weight step: a ~ P_Θ, which moves from the uniform space's mean
+    FLOPs towards the target during the search; we take the midpoint."""
+    return (mean_flops + target) / 2
+
+
+def searches(g: GPU, name: str, targets, warmup_epochs: int, epochs: int, images: int, mean_flops: float,
+             largest_flops: float, batch: int = 64, shared_warmup: bool = True) -> list[tuple[str, float]]:
+    """Searches of several FLOPs targets over one space (``epochs`` in all, ``warmup_epochs`` of them warmup):
+    with ``shared_warmup`` one warmup for all (``nss.run_targets``) and a part per target's search epochs,
+    else one part per target with its own warmup (separate ``nss.run`` or ``nas.run`` calls)."""
+    from flops import format_flops     # costs.py itself needs nothing of the project
+    search_epochs = epochs - warmup_epochs
+    count = lambda n, what: f"{n} {what}{'s' * (n != 1)}"
+    parts = []
+    if shared_warmup:
+        parts.append(search(g, f"{name} warmup, {count(warmup_epochs, 'epoch')}, shared by {count(len(targets), 'target')}",
+                            warmup_epochs, 0, images, mean_flops, 0.0, 0.0, batch))
+    for t in targets:
+        what = f"{name} {format_flops(t)}, " + (count(search_epochs, "search epoch") if shared_warmup
+                                               else f"{warmup_epochs} + {count(search_epochs, 'epoch')}")
+        parts.append(search(g, what, 0 if shared_warmup else warmup_epochs, search_epochs, images, mean_flops,
+                            weight_flops(mean_flops, t), theta_flops(largest_flops, t), batch))
+    return parts
+
+
+def nearest_space_flops(ess, target: float) -> tuple[float, float]:
+    """(mean FLOPs, largest architecture's FLOPs) of the candidate space of ``ess`` whose mean is nearest the
+    target: what an Elite Space for that target costs, before NSS has found it."""
+    import math
+    import flops
+    from space import Options
+    candidates = flops.candidate_flops(ess)
+    index = int((candidates.log() - math.log(target)).abs().argmin())
+    space = ess.space_at(index)
+    return float(candidates[index]), flops.flops_range(Options.nas(space), ess)[1]

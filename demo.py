@@ -27,19 +27,19 @@ def evaluate_quick(out: str | Path = "runs/eval-quick", progress: bool = False, 
     common = dict(dataset="synthetic", synthetic_size=2000, **REDUCED, device="cpu", out=str(out), progress=progress,
                   overwrite=True)
     data = runs.load_data(runs.RunSettings(**common), ExpandedSearchSpace.reduced())
-    supernet, _ = evaluate.train_supernet(evaluate.SupernetConfig(**common, epochs=6, batch_size=64, lr=0.1), data)
+    supernet, _ = evaluate.train_supernet(evaluate.SupernetConfig(**common, epochs=4, batch_size=64, lr=0.1), data)
     ess = supernet.ess
     g = torch.Generator().manual_seed(0)
     score = lambda archs: evaluate.score_archs(supernet, archs, data, calib_images=200, test_images=250,
                                                progress=progress)
-    full_scores = score(evaluate.sample_archs(ess.full_space(), 60, ess, g))
-    scratch_cfg = scratch.ScratchConfig(**common, recipe="fast", seeds=2, epochs=2, batch_size=64, lr=0.1,
+    full_scores = score(evaluate.sample_archs(ess.full_space(), 40, ess, g))
+    scratch_cfg = scratch.ScratchConfig(**common, recipe="fast", seeds=2, epochs=1, batch_size=64, lr=0.1,
                                         lr_warmup_epochs=0.5, cutout=8)
     panels, nas_flops = [], {}
     for target in targets:
         search = dict(common, target=target, epochs=6, warmup_epochs=2, arch_lr=0.05)
         elite = nss.run(nss.NSSConfig(**search, name=f"nss-{format_flops(target)}"), data)
-        elite_scores = score(evaluate.sample_archs(Space.from_dict(elite["elite_space"]), 60, ess, g))
+        elite_scores = score(evaluate.sample_archs(Space.from_dict(elite["elite_space"]), 40, ess, g))
         panels.append({"title": f"target {format_flops(target)}", "target": target,
                        "groups": {"Expanded Search Space": full_scores, "Elite Space": elite_scores}})
         nas_flops[target] = {}
@@ -52,7 +52,7 @@ def evaluate_quick(out: str | Path = "runs/eval-quick", progress: bool = False, 
     plots.plot_grid(panels, figures / "error_vs_flops")
     plots.plot_flops_edfs(nas_flops[targets[-1]], targets[-1], figures / "flops_edf")
     band = (0.7 * targets[0], 1.3 * targets[0])
-    principles = {f"{name}{' in band' if b else ''}": score(evaluate.sample_archs(ess.full_space(), 60, ess, g, b, order))
+    principles = {f"{name}{' in band' if b else ''}": score(evaluate.sample_archs(ess.full_space(), 40, ess, g, b, order))
                   for name, order in (("RegNet principles", "regnet"), ("Elite ordering", "elite")) for b in (band, None)}
     errors = lambda banded: {k: [s["error"] for s in v] for k, v in principles.items() if ("band" in k) == banded}
     plots.plot_error_edfs([("with FLOPs constraint", errors(True)), ("without FLOPs constraint", errors(False))],

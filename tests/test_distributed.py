@@ -139,8 +139,13 @@ def test_scoring_and_scratch_split_over_two_ranks_give_the_one_process_result(tm
     for cmd in (score, scratch):
         procs = launch(lambda r: ["cli", *cmd, "--name", f"{cmd[1]}-2"])
         assert all(p.returncode == 0 for p in procs), [p.stderr[-2000:] for p in procs]
-    ev.run_score(runs.parse_config(ev.ScoreConfig, [*score[2:], "--name", "score-1"]))        # one process
-    ev.run_scratch(runs.parse_config(ev.ScratchConfig, [*scratch[2:], "--name", "scratch-1"]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)            # as the ranks: the same sums in the same order, bit for bit
+    try:                                # one process
+        ev.run_score(runs.parse_config(ev.ScoreConfig, [*score[2:], "--name", "score-1"]))
+        ev.run_scratch(runs.parse_config(ev.ScratchConfig, [*scratch[2:], "--name", "scratch-1"]))
+    finally:
+        torch.set_num_threads(threads)
     one, two = (json.loads((tmp_path / f"score-{w}" / "scores.json").read_text()) for w in (1, 2))
     assert one == two and len(one["spaces"]["full"]["scores"]) == 7
     one, two = (json.loads((tmp_path / f"scratch-{w}" / "scratch.json").read_text()) for w in (1, 2))

@@ -140,17 +140,17 @@ def test_cli_rank_quick_writes_its_statistics_and_plot(tmp_path):
     (["--quick", "--epochs", "3"], "unknown command"),
     (["supernet", "--epochs", "0"], "at least 1"),
 ])
-def test_cli_rejects_bad_input_with_one_line(tmp_path, args, message):
+def test_cli_rejects_bad_input_with_one_line(tmp_path, args, message, cli_here):
     extra = ["--dataset", "synthetic"] if args[:1] in (["score"], ["scratch"], ["supernet"]) else []
-    proc = run_cli(*args, *extra, cwd=tmp_path)
+    proc = cli_here("evaluate", *args, *extra)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.slow
-def test_cli_rejects_a_corrupt_supernet_file(tmp_path):
+def test_cli_rejects_a_corrupt_supernet_file(tmp_path, cli_here):
     (tmp_path / "bad.pt").write_bytes(b"garbage")
-    proc = run_cli("score", "--supernet", "bad.pt", cwd=tmp_path)
+    proc = cli_here("evaluate", "score", "--supernet", "bad.pt")
     assert proc.returncode == 2 and "corrupt" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 

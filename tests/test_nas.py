@@ -88,18 +88,18 @@ def test_cli_quick_runs_end_to_end(tmp_path):
     ('{"depths": [[1, 2], [1, 2], [1, 9]], "widths": [[1, 4], [1, 4], [1, 4]]}', "outside"),
     (None, "cannot read"),
 ])
-def test_cli_rejects_bad_space_files(tmp_path, content, message):
+def test_cli_rejects_bad_space_files(tmp_path, content, message, cli_here):
     path = tmp_path / "space.json"
     if content is not None:
         path.write_text(content)
-    proc = run_cli("--quick", "--space", str(path), cwd=tmp_path)
+    proc = cli_here("nas", "--quick", "--space", str(path))
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.slow
-def test_cli_rejects_a_target_outside_the_space(tmp_path):
-    proc = run_cli("--quick", "--target", "1e9", cwd=tmp_path)
+def test_cli_rejects_a_target_outside_the_space(tmp_path, cli_here):
+    proc = cli_here("nas", "--quick", "--target", "1e9")
     assert proc.returncode == 2 and "outside the FLOPs range" in proc.stderr
 
 

@@ -201,8 +201,8 @@ def test_cli_quick_runs_end_to_end(tmp_path):
     (["--resume"], "nothing to resume"),
     (["--bogus-flag"], "unrecognized"),
 ])
-def test_cli_rejects_bad_input_with_one_line(tmp_path, args, message):
-    proc = run_cli(*args, cwd=tmp_path)
+def test_cli_rejects_bad_input_with_one_line(tmp_path, args, message, cli_here):
+    proc = cli_here("nss", *args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
@@ -210,11 +210,11 @@ def test_cli_rejects_bad_input_with_one_line(tmp_path, args, message):
 
 
 @pytest.mark.slow
-def test_cli_rejects_a_corrupt_checkpoint(tmp_path):
+def test_cli_rejects_a_corrupt_checkpoint(tmp_path, cli_here):
     run_dir = tmp_path / "runs" / "nss-quick"
     run_dir.mkdir(parents=True)
     (run_dir / "checkpoint.pt").write_bytes(b"\x00garbage")
-    proc = run_cli("--quick", "--resume", cwd=tmp_path)
+    proc = cli_here("nss", "--quick", "--resume")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "corrupt" in proc.stderr
 
 

@@ -290,11 +290,10 @@ def test_a_missing_supernet_is_not_called_corrupt(tmp_path):
     (["--w-max", "100000"], 2, "needs at least"),
     (["--out", "afile"], 2, "Not a directory"),
 ])
-def test_cli_failures_are_one_line_with_their_exit_code(tmp_path, args, code, message):
+def test_cli_failures_are_one_line_with_their_exit_code(tmp_path, args, code, message, cli_here):
     (tmp_path / "afile").write_text("")
     small = ["--synthetic-size", "256", "--batch-size", "32", "--epochs", "3", "--warmup-epochs", "1"]
-    proc = subprocess.run([sys.executable, str(ROOT / "nss.py"), "--quick", "--no-progress", *small, *args],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    proc = cli_here("nss", "--quick", "--no-progress", *small, *args)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == code and len(lines) == 1 and message in lines[0], proc.stderr
     assert not (tmp_path / "runs").exists()
