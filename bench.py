@@ -32,9 +32,8 @@ import runs
 from flops import arch_flops, flops_range, format_flops, space_flops
 from scratch import ScratchConfig, train_from_scratch
 from search import SearchSettings, Searcher
-from training import train_step
 from space import Arch, ExpandedSearchSpace, Options
-from supernet import SuperNet, build
+from supernet import SuperNet, build, train_step
 
 
 @dataclass

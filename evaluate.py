@@ -41,9 +41,8 @@ from flops import arch_flops, arch_params, batch_arch_flops, format_flops
 from runs import RunError, RunSettings, option
 from scratch import (ScratchConfig, TrainSettings, eval_tensors, load_arch, run_scratch, save_network, test_error,
                      train_from_scratch)
-from training import autocast, check_loss, train_step
 from space import Arch, ExpandedSearchSpace, Space
-from supernet import SuperNet, build, recalibrate_bn
+from supernet import SuperNet, autocast, build, check_loss, recalibrate_bn, train_step
 
 
 # --------------------------------------------------------------------------------------------

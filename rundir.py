@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 import distributed
-from training import Diverged
+from supernet import Diverged
 
 
 class RunError(Exception):

@@ -32,7 +32,7 @@ import distributed
 from flops import arch_params
 from rundir import RunError, load_checkpoint, os_error, run_folder, save_torch, write_atomic, write_json
 from search import SearchSettings, Searcher, check_target
-from training import Diverged
+from supernet import Diverged
 from space import REDUCED, ExpandedSearchSpace, Options
 
 EXIT_CODES = {"done": 0, "bad input, data or files": 2, "diverged": 3, "interrupted": 130}
@@ -397,7 +397,7 @@ def run_search(cfg: SearchConfig, ess: ExpandedSearchSpace, options: Options, wh
     with run_folder(Path(cfg.out) / (cfg.name or default_name), cfg) as run_dir:
         device = resolve_device(cfg.device)
         data = load_data(cfg, ess, device) if data is None else data
-        searcher = Searcher(cfg.part(SearchSettings), ess, options, device, cfg.amp, cfg.progress)
+        searcher = Searcher(cfg.part(SearchSettings), ess, options, device, cfg.amp, cfg.progress, distributed)
         train_run(searcher, cfg, run_dir, ess, data, device, callback, start=start, ignore=("target",) * bool(start))
         result = finish(searcher) | searcher.result() | {
             "dataset": cfg.dataset, "ess": ess.to_dict(), "seconds": searcher.seconds,
@@ -426,7 +426,7 @@ def run_searches(cfgs: list[SearchConfig], names: list[str], warmup_name: str, e
     has_checkpoint = lambda name: (Path(base.out) / name / "checkpoint.pt").is_file()
     warm_cfg = dataclasses.replace(base, name=warmup_name, resume=base.resume and has_checkpoint(warmup_name))
     with run_folder(Path(base.out) / warmup_name, warm_cfg) as warm_dir:
-        searcher = Searcher(base.part(SearchSettings), ess, options, device, base.amp, base.progress)
+        searcher = Searcher(base.part(SearchSettings), ess, options, device, base.amp, base.progress, distributed)
         train_run(searcher, warm_cfg, warm_dir, ess, data, device, callback, until=base.warmup_epochs,
                   ignore=("target",))
         warm = {"program": type(base).__name__, "config": warm_cfg.to_dict(), "device_type": device.type,

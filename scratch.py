@@ -29,9 +29,8 @@ import runs
 from flops import arch_flops, arch_params
 from rundir import read_text
 from runs import RunError, RunSettings, option
-from training import SGDSettings, autocast, check_loss, cosine_lr, train_step
 from space import Arch, ExpandedSearchSpace
-from supernet import Network, build
+from supernet import Network, SGDSettings, autocast, build, check_loss, cosine_lr, train_step
 
 RECIPES: dict[str, dict] = {
     "paper": dict(epochs=200, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="step",

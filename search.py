@@ -32,11 +32,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import data as data_mod
-import distributed
 from flops import OptionMoments, arch_flops, expected_flops, flops_loss, flops_range, format_flops, space_flops
 from space import Arch, ExpandedSearchSpace, Options, Space
-from supernet import SuperNet
-from training import Diverged, SGDSettings, autocast, check_loss, cosine_lr, setting, train_step
+from supernet import Diverged, SGDSettings, SuperNet, autocast, check_loss, cosine_lr, setting, train_step
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,14 +161,26 @@ def elite_space(theta: Theta, generator: torch.Generator, n: int, target: float,
 # The searcher: weight steps, Θ steps, epochs
 # --------------------------------------------------------------------------------------------
 
+class OneProcess:
+    """What a search shares with other processes when it runs alone: nothing. Under torchrun the command
+    lines pass the ``distributed`` module instead, which has the same four functions."""
+
+    shard = staticmethod(lambda batch: batch)                       # this process's share of a global batch
+    average_grads = staticmethod(lambda params: None)               # averaged over the processes
+    mean = staticmethod(lambda value, device: float(value))         # a scalar averaged over the processes
+    batch_stats_reduce = staticmethod(lambda: None)                 # a sum over the processes, for global-batch BN
+
+
 class Searcher:
-    """The alternating optimisation of Eq. 3–5 over any ``Options`` (NSS ranges or NAS values)."""
+    """The alternating optimisation of Eq. 3–5 over any ``Options`` (NSS ranges or NAS values). ``parallel``:
+    ``OneProcess`` alone, or the ``distributed`` module under torchrun (the same draws everywhere, a share of
+    each batch per process, averaged gradients)."""
 
     def __init__(self, settings: SearchSettings, ess: ExpandedSearchSpace, options: Options, device: torch.device,
-                 amp: bool = False, progress: bool = False):
+                 amp: bool = False, progress: bool = False, parallel=OneProcess):
         self.settings, self.ess, self.options, self.device = settings, ess, options, device
         self.amp = amp and device.type == "cuda"       # bf16 autocast and channels_last
-        self.progress = progress
+        self.progress, self.parallel = progress, parallel
         torch.manual_seed(settings.seed)
         self.theta = Theta(options)
         self.moments = OptionMoments.of(options)
@@ -184,7 +194,7 @@ class Searcher:
             if self.amp:
                 self.supernet = self.supernet.to(memory_format=torch.channels_last)
             self.weight_opt = settings.sgd(self.supernet.parameters())
-            self.supernet.batch_stats_reduce = distributed.batch_stats_reduce()   # global-batch BN under torchrun
+            self.supernet.batch_stats_reduce = parallel.batch_stats_reduce()   # global-batch BN under torchrun
         self.epoch, self.step, self.history, self.seconds, self.suspect = 0, 0, [], 0.0, False
         self.executed_flops: list[int] = []     # per Θ step of the current epoch
 
@@ -193,9 +203,9 @@ class Searcher:
         """𝒜 ~ P_Θ (uniform in warmup), a ~ U(𝒜), sliced forward, CE, one SGD step (Eq. 3). Under torchrun
         every process draws the same 𝒜 and a, runs its share of the batch and averages the gradients."""
         arch = self.theta.sample(self.gen, uniform=uniform).sample(self.gen)
-        sync = lambda: distributed.average_grads(self.supernet.parameters())
-        return train_step(lambda inp: self.supernet(inp, arch), self.weight_opt, distributed.shard(x),
-                          distributed.shard(y), lr, self.amp, sync=sync)
+        p = self.parallel
+        return train_step(lambda inp: self.supernet(inp, arch), self.weight_opt, p.shard(x), p.shard(y), lr,
+                          self.amp, sync=lambda: p.average_grads(self.supernet.parameters()))
 
     def theta_step(self, x: torch.Tensor | None, y: torch.Tensor | None, tau: float, target: float,
                    lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,7 +225,8 @@ class Searcher:
             plans = self.supernet.masked_plan([g[0] for g in g_d], [g[0] for g in g_w], depth_values, width_values,
                                               self.settings.eps)
             with autocast(self.device, self.amp):      # this process's share of the batch (all of it alone)
-                task = F.cross_entropy(self.supernet.run(distributed.shard(x), plans).float(), distributed.shard(y))
+                task = F.cross_entropy(self.supernet.run(self.parallel.shard(x), plans).float(),
+                                       self.parallel.shard(y))
             loss = task + loss.to(task.device)
             # the forward runs plan.depth blocks of plan.width channels per stage whatever the masks: its cost per image
             executed = arch_flops(Arch(tuple(p.depth for p in plans), tuple(p.width for p in plans)), self.ess)
@@ -223,7 +234,7 @@ class Searcher:
         params = list(self.theta.parameters())
         for p, g in zip(params, torch.autograd.grad(loss, params)):
             p.grad = g
-        distributed.average_grads(params)          # Θ stays identical on every process
+        self.parallel.average_grads(params)        # Θ stays identical on every process
         self.arch_opt.step()
         if not all(bool(p.isfinite().all()) for p in params):      # Θ is on the host: no device sync
             hint = f"--lr (now {self.settings.lr:g})" if not bool(task.isfinite()) else f"--arch-lr (now {self.settings.arch_lr:g})"
@@ -285,7 +296,7 @@ class Searcher:
             if self.progress and (i % 20 == 0 or i == steps - 1):
                 bar.set_postfix_str(self.status(tau, sums["loss"] / (i + 1)))
         record = {"epoch": epoch + 1, "phase": "warmup" if warmup else "search",
-                  **{k: distributed.mean(v, self.device) / steps for k, v in sums.items()},
+                  **{k: self.parallel.mean(v, self.device) / steps for k, v in sums.items()},
                   "expected_flops": self.expected_flops(), "tau": tau, "seconds": time.time() - start,
                   "executed_flops": (sum(self.executed_flops) / len(self.executed_flops)
                                      if self.supernet is not None and self.executed_flops else None),

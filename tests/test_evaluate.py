@@ -157,7 +157,7 @@ def test_cli_rejects_a_corrupt_supernet_file(tmp_path, cli_here):
 # ---- divergence, bad side files ------------------------------------------------------------------
 
 def test_supernet_and_scratch_training_stop_when_they_diverge(tmp_path):
-    from training import Diverged
+    from supernet import Diverged
     small = {**COMMON, "synthetic_size": 256}
     data = runs.load_data(runs.RunSettings(**small), ESS)
     with pytest.raises(Diverged, match="supernet's training loss .* lower --lr \\(now 1e\\+30\\)"):

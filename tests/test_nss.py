@@ -11,8 +11,8 @@ import torch
 import data as data_mod
 import nss
 import runs
-import training
 import search
+import supernet
 from flops import arch_flops, space_flops
 from space import REDUCED, ExpandedSearchSpace, Options, Space
 
@@ -266,10 +266,10 @@ def test_temperature_anneals_to_tau_end_and_the_masked_forward_shrinks(tmp_path)
 
 
 def test_learning_rate_schedule():
-    assert [round(training.cosine_lr(1.0, s, 10), 6) for s in (0, 5, 10, 12)] == [1.0, 0.5, 0.0, 0.0]
+    assert [round(supernet.cosine_lr(1.0, s, 10), 6) for s in (0, 5, 10, 12)] == [1.0, 0.5, 0.0, 0.0]
     # linear warmup to the peak, then a cosine from the peak to 0 over the remaining steps
-    assert [training.cosine_lr(0.4, s, 12, warmup=4) for s in range(4)] == [0.1, 0.2, 0.30000000000000004, 0.4]
-    assert training.cosine_lr(0.4, 4, 12, warmup=4) == 0.4 and training.cosine_lr(0.4, 8, 12, warmup=4) == pytest.approx(0.2)
+    assert [supernet.cosine_lr(0.4, s, 12, warmup=4) for s in range(4)] == [0.1, 0.2, 0.30000000000000004, 0.4]
+    assert supernet.cosine_lr(0.4, 4, 12, warmup=4) == 0.4 and supernet.cosine_lr(0.4, 8, 12, warmup=4) == pytest.approx(0.2)
 
 
 # ---- 6. divergence stops the run, and never overwrites a good checkpoint --------------------------
@@ -281,7 +281,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
                 for p in searcher.supernet.parameters():
                     p.fill_(float("nan"))
     cfg = tiny_cfg(tmp_path, epochs=2, warmup_epochs=1, name="nan")
-    with pytest.raises(training.Diverged, match="training diverged.*lower --lr") as e:
+    with pytest.raises(supernet.Diverged, match="training diverged.*lower --lr") as e:
         nss.run(cfg, callback=poison_the_weights)   # a Θ step on NaN weights: stopped before torch.multinomial fails
     assert "\n" not in str(e.value) and "--overwrite" in str(e.value)
     state = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
@@ -294,7 +294,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
 
 
 def test_a_huge_learning_rate_is_stopped_without_a_checkpoint(tmp_path):
-    with pytest.raises(training.Diverged, match="lower --lr \\(now 1e\\+30\\)"):
+    with pytest.raises(supernet.Diverged, match="lower --lr \\(now 1e\\+30\\)"):
         nss.run(tiny_cfg(tmp_path, epochs=1, warmup_epochs=0, lr=1e30, name="huge"))
     assert not (tmp_path / "huge").exists()     # nothing good was ever saved: a plain rerun starts clean
 
@@ -302,12 +302,12 @@ def test_a_huge_learning_rate_is_stopped_without_a_checkpoint(tmp_path):
 def test_the_divergence_rule():
     """Not finite, or above 3·ln C for two epochs in a row; one such epoch is only suspect (not checkpointed)."""
     chance = math.log(10)
-    assert training.check_loss([2.3, 1.9], 10, "loss", "hint") is False
-    assert training.check_loss([2.3, 3.1 * chance], 10, "loss", "hint") is True
-    assert training.check_loss([3.1 * chance, 2.0], 10, "loss", "hint") is False
+    assert supernet.check_loss([2.3, 1.9], 10, "loss", "hint") is False
+    assert supernet.check_loss([2.3, 3.1 * chance], 10, "loss", "hint") is True
+    assert supernet.check_loss([3.1 * chance, 2.0], 10, "loss", "hint") is False
     for losses in ([float("nan")], [2.3, float("inf")], [3.1 * chance, 3.1 * chance]):
-        with pytest.raises(training.Diverged, match="hint"):
-            training.check_loss(losses, 10, "loss", "hint")
+        with pytest.raises(supernet.Diverged, match="hint"):
+            supernet.check_loss(losses, 10, "loss", "hint")
 
 
 # ---- 9. resume only on the data the run started on ------------------------------------------------
