@@ -18,6 +18,7 @@ training steps count forward and backward as torch.utils.flop_counter counts the
 from __future__ import annotations
 
 import datetime
+import itertools
 import platform
 import time
 from dataclasses import dataclass
@@ -29,11 +30,13 @@ from torch.utils.flop_counter import FlopCounterMode
 import data as data_mod
 import evaluate
 import runs
+from rundir import RunError, write_json
 from flops import arch_flops, flops_range, format_flops, space_flops
 from scratch import ScratchConfig, train_from_scratch
 from search import SearchSettings, Searcher
 from space import Arch, ExpandedSearchSpace, Options
-from supernet import SuperNet, build, train_step
+from supernet import SuperNet, build
+from train import train_step
 
 
 @dataclass
@@ -118,10 +121,10 @@ def bench_masked(ess, device, amp, sizes, steps) -> list[dict]:
     """NSS's Θ step on the full space from uniform Θ: nothing is truncated, the whole supernet runs."""
     rows = []
     settings = SearchSettings(target=flops_range(Options.nss(ess), ess)[1] / 2)
-    searcher = Searcher(settings, ess, Options.nss(ess), device, amp)
+    searcher = Searcher(settings, ess, Options.nss(ess), device=device, amp=amp)
     for n in sizes:
         x, y = batch(n, ess, device, amp)
-        step = lambda: searcher.theta_step(x, y, tau=5.0, target=settings.target, lam=settings.lam)
+        step = lambda: searcher.theta_step(x, y, tau=5.0)
         rows.append(row(f"masked Θ step, full space, batch {n}", timed(step, steps, device), n, counted_flops(step),
                         macs=arch_flops(ess.largest_arch(), ess), batch=n))
     return rows
@@ -155,22 +158,35 @@ def bench_search(ess, device, amp, cfg: BenchConfig) -> list[dict]:
                          image_size=ess.image_size, device=device)
     settings = SearchSettings(target=1.6e9 if not cfg.quick else 6e6, batch_size=cfg.search_batch, epochs=2,
                               warmup_epochs=1)
-    searcher = Searcher(settings, ess, Options.nss(ess), device, amp)
-    searcher.attach(data)
-    full_steps = searcher.steps
-    if cfg.epoch_steps:
-        searcher.steps = min(cfg.epoch_steps, full_steps)
+    searcher = Searcher(settings, ess, Options.nss(ess), device=device, amp=amp)
+    loaders = data_mod.search_loaders(data, 0, cfg.search_batch, data_mod.make_generator(device, 1), searcher.amp)
+    full_steps = min(len(b) for b in loaders)
+    steps = min(cfg.epoch_steps, full_steps) if cfg.epoch_steps else full_steps
+    train, val = (First(b, steps) for b in loaders)
     rows = []
     for phase in ("warmup", "search"):
         synchronize(device)
         start = time.perf_counter()
-        searcher.train_epoch()
+        searcher.fit(train, val, until=searcher.epoch + 1)
         synchronize(device)
-        seconds = (time.perf_counter() - start) * full_steps / searcher.steps
+        seconds = (time.perf_counter() - start) * full_steps / steps
         rows.append(row(f"NSS {phase} epoch ({full_steps} steps of {cfg.search_batch}"
-                        f"{', scaled from ' + str(searcher.steps) if searcher.steps < full_steps else ''})",
+                        f"{', scaled from ' + str(steps) if steps < full_steps else ''})",
                         seconds, full_steps * cfg.search_batch * (1 if phase == "warmup" else 2)))
     return rows
+
+
+class First:
+    """The first ``n`` batches of ``batches``, with a length."""
+
+    def __init__(self, batches, n: int):
+        self.batches, self.n = batches, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batches), self.n)
 
 
 def bench_eval(ess, device, amp, cfg: BenchConfig) -> list[dict]:
@@ -226,7 +242,7 @@ def run(cfg: BenchConfig) -> dict:
     result = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
               else (platform.processor() or platform.machine()), "date": datetime.date.today().isoformat(),
               "torch": torch.__version__, "amp": amp, "quick": cfg.quick, "sections": sections}
-    runs.write_json(Path(cfg.out), result)
+    write_json(Path(cfg.out), result)
     return result
 
 
@@ -257,7 +273,7 @@ def main(argv=None) -> int:
     for name, least in (("steps", 1), ("epoch_steps", 0), ("scratch_epochs", 1)):
         if getattr(args, name) is not None:
             if getattr(args, name) < least:
-                raise runs.RunError(f"{runs.flag(name)} must be at least {least}, got {getattr(args, name)}")
+                raise RunError(f"{runs.flag(name)} must be at least {least}, got {getattr(args, name)}")
             setattr(cfg, name, getattr(args, name))
     run(cfg)
     return 0

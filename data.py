@@ -87,6 +87,29 @@ def load(name: str, data_dir: str | Path = "./data", download: bool = True, devi
     return ImageData(name, *parts, num_classes=num_classes, mean=mean, std=std, classes=classes).to(device)
 
 
+def load_for(cfg, ess, device=None) -> ImageData:
+    """A run's dataset (``cfg``: its ``dataset``, ``data_dir``, ``download``, ``synthetic_size``, ``seed`` and, without
+    ``device``, ``device``) on its device, checked against the space ``ess``."""
+    if device is None:
+        device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    data = load(cfg.dataset, cfg.data_dir, cfg.download, device, synthetic_train=cfg.synthetic_size,
+                synthetic_test=max(1, cfg.synthetic_size // 4), image_size=ess.image_size, seed=cfg.seed)
+    if data.num_classes != ess.num_classes:
+        raise DataError(f"the data has {data.num_classes} classes where the space was built for {ess.num_classes}")
+    sizes = {tuple(x.shape[-2:]) for x in (data.train_x, data.test_x)}
+    if sizes != {(ess.image_size, ess.image_size)}:
+        raise DataError(f"the images are {' and '.join(f'{h}×{w}' for h, w in sorted(sizes))} px where the space "
+                        f"needs {ess.image_size}×{ess.image_size}: resize them")
+    return data
+
+
+def fingerprint(data: ImageData) -> dict:
+    """A small fingerprint of a dataset, kept in checkpoints: classes, image counts (per class) and image shape."""
+    return {"classes": data.num_classes, "class names": list(data.classes), "training images": len(data.train_y),
+            "test images": len(data.test_y), "image shape": list(data.train_x.shape[1:]),
+            "images per class": torch.bincount(data.train_y.cpu(), minlength=data.num_classes).tolist()}
+
+
 def _size(x: torch.Tensor) -> str:
     return "×".join(map(str, x.shape[-2:]))
 
@@ -277,6 +300,31 @@ class Loader:
             if self.train and self.cutout:
                 x = cutout(x, self.cutout, self.generator)
             yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
+
+
+def search_loaders(data: ImageData, seed: int, batch_size: int, generator: torch.Generator,
+                   channels_last: bool = False) -> tuple[Loader, Loader]:
+    """Loaders over the seeded 50/50 split of the training images: the train half for the weights, the val half
+    for Θ (§4.1); both draw from ``generator``. Too few images for one batch in each half is a DataError."""
+    halves = search_split(len(data.train_y), seed)
+    if min(len(h) for h in halves) == 0:
+        raise DataError(f"too few images: {len(data.train_y)} training images cannot be split into two halves")
+    dev = data.train_x.device
+    return tuple(Loader(data.train_x[i.to(dev)], data.train_y[i.to(dev)], data.mean, data.std, min(batch_size, len(i)),
+                        generator, channels_last=channels_last) for i in halves)
+
+
+class Mapped:
+    """``fn`` applied to every batch of ``batches``, which keeps its ``len`` (a process's share of each batch, say)."""
+
+    def __init__(self, batches, fn):
+        self.batches, self.fn = batches, fn
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return (self.fn(b) for b in self.batches)
 
 
 def make_generator(device, seed: int) -> torch.Generator:

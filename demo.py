@@ -1,4 +1,4 @@
-"""The offline demo behind ``python evaluate.py --quick``: every protocol of §4.2–4.5, end to end.
+"""``python demo.py``: every protocol of §4.2–4.5, end to end, offline.
 
 On the reduced space and synthetic data it trains an evaluation supernet, runs NSS and NAS (in the
 Elite Space and in the full space) for two targets, scores architectures, trains the found networks
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+import data as data_mod
 import evaluate
 import nas
 import nss
@@ -18,6 +19,7 @@ import plots
 import runs
 import scratch
 from flops import arch_flops, format_flops
+from rundir import write_json
 from space import REDUCED, Arch, ExpandedSearchSpace, Space
 
 
@@ -26,7 +28,7 @@ def evaluate_quick(out: str | Path = "runs/eval-quick", progress: bool = False, 
     out = Path(out)
     common = dict(dataset="synthetic", synthetic_size=2000, **REDUCED, device="cpu", out=str(out), progress=progress,
                   overwrite=True)
-    data = runs.load_data(runs.RunSettings(**common), ExpandedSearchSpace.reduced())
+    data = data_mod.load_for(runs.RunSettings(**common), ExpandedSearchSpace.reduced(), torch.device("cpu"))
     supernet, _ = evaluate.train_supernet(evaluate.SupernetConfig(**common, epochs=4, batch_size=64, lr=0.1), data)
     ess = supernet.ess
     g = torch.Generator().manual_seed(0)
@@ -45,9 +47,9 @@ def evaluate_quick(out: str | Path = "runs/eval-quick", progress: bool = False, 
         nas_flops[target] = {}
         for label, spec in (("Elite Space", str(Path(elite["run_dir"]) / "result.json")), ("Expanded Search Space", "full")):
             found = nas.run(nas.NASConfig(**dict(search, epochs=4, warmup_epochs=1), space=spec, max_samples=200,
-                                          name=f"nas-{format_flops(target)}-{nas.space_label(spec)}"), data)
+                                          name=f"nas-{format_flops(target)}-{runs.space_label(spec)}"), data)
             nas_flops[target][label] = [arch_flops(a, ess) for a in nas.final_archs(found, 100)]
-            scratch.run_scratch(scratch_cfg, Arch.from_dict(found["arch"]), data, run_dir=Path(found["run_dir"]))
+            scratch.run_scratch(scratch_cfg, Arch.from_dict(found["arch"]), data, run_dir=Path(found["run_dir"]) / "scratch")
     figures = out / "figures"
     plots.plot_grid(panels, figures / "error_vs_flops")
     plots.plot_flops_edfs(nas_flops[targets[-1]], targets[-1], figures / "flops_edf")
@@ -61,5 +63,19 @@ def evaluate_quick(out: str | Path = "runs/eval-quick", progress: bool = False, 
     summary = {"median_error_within": {p["title"]: {k: plots.median_error_within(v, p["target"])
                                                     for k, v in p["groups"].items()} for p in panels},
                "table1": markdown, "figures": sorted(str(p) for p in figures.glob("*.png"))}
-    runs.write_json(out / "quick.json", summary)
+    write_json(out / "quick.json", summary)
     return summary
+
+
+def main(argv=None) -> int:
+    parser = runs._Parser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/eval-quick", help="where the demo's runs, figures and Table 1 go")
+    args = parser.parse_args(argv)
+    summary = evaluate_quick(args.out)
+    print(summary["table1"])
+    print("figures:", *summary["figures"], sep="\n  ")
+    return 0
+
+
+if __name__ == "__main__":
+    runs.cli(main)

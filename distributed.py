@@ -5,17 +5,16 @@
 One process per device (NCCL between GPUs, gloo on the CPU). Every process holds the whole data, the
 whole supernet and Θ, and the same seeds, so all of them draw the same batch, space, architecture,
 Gumbel noise and depth/width values at every step; each takes its share of the global batch
-(``shard``), and the gradients of the weights and of Θ are averaged (``average_grads``), so that the
-replicas stay identical. BN statistics are those of the global batch (``supernet._global_batch_norm``
-through ``batch_stats_reduce``). Work that needs no gradient exchange (scoring architectures, training
-seeds from scratch) is split instead (``map_shared``). Only rank 0 writes files; every process can
-resume, from the checkpoint rank 0 reads and broadcasts. A process started without torchrun is rank 0 of a world of 1, and nothing here changes it.
+(``shard``), and the gradients of the weights and of Θ are averaged (``average_grads``), so the
+replicas stay identical. BN statistics are those of the global batch (``batch_stats_reduce``, set on the
+supernet). Work that needs no gradient exchange (scoring architectures, seeds trained from scratch) is
+split instead (``map_shared``). Rank 0 alone writes files. A failing process ends the run: torchrun stops
+the others. A process started without torchrun is rank 0 of a world of 1, and nothing here changes it.
 """
 from __future__ import annotations
 
 import datetime
 import os
-from contextlib import contextmanager
 from typing import Callable, Sequence
 
 import torch
@@ -35,7 +34,6 @@ def world() -> int:
 
 
 def is_main() -> bool:
-    """Rank 0: the process that writes the run folder, the checkpoints and the results."""
     return rank() == 0
 
 
@@ -43,22 +41,12 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def launched() -> bool:
-    """Started by torchrun (or with its environment: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)."""
-    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
-
-
 def init(timeout_minutes: float = 30.0) -> bool:
-    """Join the process group that torchrun describes; False (and nothing done) without torchrun.
-
-    One backend per tensor kind: NCCL for CUDA tensors where CUDA exists, gloo for CPU tensors
-    (Θ lives on the host). A process sees one GPU per local rank (``device``).
-    """
-    if active() or not launched():
+    """Join the process group that torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); False, and
+    nothing done, without it. NCCL for CUDA tensors where CUDA exists, gloo for CPU tensors (Θ lives on the host)."""
+    if active() or not all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
         return active()
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank() % torch.cuda.device_count())
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     return True
 
@@ -69,15 +57,18 @@ def close():
 
 
 def device_for(device: torch.device) -> torch.device:
-    """This process's device: under torchrun, ``cuda`` means cuda:<local rank>."""
-    if device.type == "cuda" and device.index is None and active():
-        return torch.device("cuda", local_rank() % torch.cuda.device_count())
-    return device
+    """This process's device: under torchrun, ``cuda`` means cuda:<local rank>, one GPU per process."""
+    if device.type != "cuda" or not active():
+        return device
+    count, local = torch.cuda.device_count(), local_rank()
+    if local >= count:
+        raise ValueError(f"this node runs more processes than it has GPUs ({count}): lower --nproc_per_node")
+    if device.index is not None and device.index != local:
+        raise ValueError(f"--device {device} under torchrun: each process takes the GPU of its local rank; "
+                         f"pass --device cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)")
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
 
-
-# --------------------------------------------------------------------------------------------
-# Gradients: one replica per process, kept identical
-# --------------------------------------------------------------------------------------------
 
 def shard(t: torch.Tensor) -> torch.Tensor:
     """This process's share of a global batch (contiguous, as equal as the batch allows)."""
@@ -85,7 +76,7 @@ def shard(t: torch.Tensor) -> torch.Tensor:
 
 
 def average_(tensors: Sequence[torch.Tensor]):
-    """Average tensors over the processes in place, in one all-reduce per device (a no-op in one process)."""
+    """Average tensors over the processes in place, in one all-reduce (a no-op in one process)."""
     tensors = list(tensors)
     if world() == 1 or not tensors:
         return
@@ -102,11 +93,11 @@ def average_grads(params) -> None:
     average_([p.grad for p in params if p.grad is not None])
 
 
-def mean(value: float | torch.Tensor, device: torch.device) -> float:
+def mean(value: float, device: torch.device) -> float:
     """The mean of a scalar over the processes (a per-epoch loss, say)."""
     if world() == 1:
         return float(value)
-    t = torch.as_tensor(float(value), dtype=torch.float64, device=device)
+    t = torch.tensor(float(value), dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t) / world()
 
@@ -132,70 +123,22 @@ def batch_stats_reduce() -> Callable | None:
     return None if world() == 1 else _Sum.apply
 
 
-# --------------------------------------------------------------------------------------------
-# Agreement, sharing and failures
-# --------------------------------------------------------------------------------------------
-
-class RankFailed(Exception):
-    """Another process stopped (a bad flag, a missing file): every process exits with its message."""
-
-
-_in_steps = False       # inside collective training steps: a failure there ends the run through torchrun
-
-
-def exchange(payload=None, error: str | None = None) -> list:
-    """All-gather one payload per process, or an error; if any process sent an error, every other one
-    raises RankFailed naming it (the failing process itself returns). One process: ``[payload]``."""
-    if world() == 1:
-        return [payload]
-    box: list = [None] * world()
-    dist.all_gather_object(box, (error, payload))
-    failed = [(r, e) for r, (e, _) in enumerate(box) if e]
-    if failed and error is None:
-        raise RankFailed(f"rank {failed[0][0]} stopped: {failed[0][1]}")
-    return [p for _, p in box]
-
-
-def agree():
-    """Every process is ready to start collective steps, or all stop (a failing one calls ``fail``)."""
-    exchange()
-
-
-def fail(message: str):
-    """Tell the other processes why this one stops, so that none waits for it. Inside collective training
-    steps the others cannot listen: there torchrun stops them when this process exits."""
-    if world() > 1 and not _in_steps:
-        exchange(error=message)
-
-
-@contextmanager
-def steps():
-    """Collective training steps (all-reduces every step): a failure here skips ``fail``'s exchange."""
-    global _in_steps
-    _in_steps = True
-    try:
-        yield
-        _in_steps = False
-    except BaseException:
-        raise          # stays True: the processes are out of step, only torchrun can stop them
-
-
 def broadcast(obj):
-    """``obj`` of rank 0 on every process (a checkpoint read by rank 0, say). An ``exchange``, so that a
-    process failing meanwhile is heard instead of waited for."""
-    return exchange(obj if is_main() else None)[0]
-
-
-def my_share(n: int) -> range:
-    """The indices of ``n`` work items that this process takes: every world()-th one."""
-    return range(rank(), n, world())
+    """Rank 0's ``obj`` (a small picklable object) on every process."""
+    if world() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def map_shared(fn: Callable, items: Sequence) -> list:
-    """``[fn(item) for item in items]`` with the items split over the processes (``my_share``): each
-    process computes its share, and every process gets the whole list back, in order."""
-    mine = {i: fn(items[i]) for i in my_share(len(items))}
-    done: dict = {}
-    for part in exchange(mine):
-        done.update(part)
+    """``[fn(item) for item in items]`` with every world()-th item on each process; every process gets the whole
+    list back, in order."""
+    mine = {i: fn(items[i]) for i in range(rank(), len(items), world())}
+    if world() == 1:
+        return [mine[i] for i in range(len(items))]
+    parts: list = [None] * world()
+    dist.all_gather_object(parts, mine)
+    done = {i: r for part in parts for i, r in part.items()}
     return [done[i] for i in range(len(items))]

@@ -7,7 +7,6 @@
     python evaluate.py table --runs runs                              # Table 1, Markdown and CSV
     python evaluate.py rank --supernet …/supernet.pt --k 20           # how well the supernet ranks architectures
     python evaluate.py export --arch …/nas.json --out model.pt        # a standalone network file
-    python evaluate.py --quick                                        # all of it, synthetic data
 
 * Supernet-based evaluation: a supernet trained apart from the search, on the whole training
   set, with uniform single-path sampling (optionally the sandwich rule). An architecture is
@@ -16,8 +15,8 @@
 * From scratch: ``build(arch)`` trained over several seeds by a recipe of ``scratch.py`` (Table 1).
 * Rank agreement: Kendall's τ and Spearman's ρ between supernet and from-scratch errors.
 
-EDFs, Pareto fronts, the figures and Table 1 are drawn by ``plots.py``; ``python evaluate.py
---quick`` runs the demo of ``demo.py``.
+EDFs, Pareto fronts, the figures and Table 1 are drawn by ``plots.py``; ``python demo.py`` runs every
+protocol end to end on synthetic data.
 """
 from __future__ import annotations
 
@@ -34,15 +33,15 @@ from tqdm.auto import tqdm
 
 import data as data_mod
 import distributed
-import nas
 import plots
 import runs
 from flops import arch_flops, arch_params, batch_arch_flops, format_flops
-from runs import RunError, RunSettings, option
-from scratch import (ScratchConfig, TrainSettings, eval_tensors, load_arch, run_scratch, save_network, test_error,
-                     train_from_scratch)
+from rundir import RunError, load_checkpoint, run_folder, save_torch, write_atomic, write_json
+from runs import RunSettings, option, space_label
+from scratch import ScratchConfig, TrainSettings, eval_tensors, run_scratch, save_network, test_error, train_from_scratch
 from space import Arch, ExpandedSearchSpace, Space
-from supernet import SuperNet, autocast, build, check_loss, recalibrate_bn, train_step
+from supernet import SuperNet, build, recalibrate_bn
+from train import autocast, train_step
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,7 +82,8 @@ class SupernetConfig(RunSettings, TrainSettings):
     """Training of an evaluation supernet, separate from the search's (§4.2)."""
 
     space: str = option("full", "space to train over: 'full', an NSS result.json or a space JSON")
-    recipe: str = option("supernet")
+    recipe: str = option("supernet", "the training recipe (supernet: 30 epochs, batch 256, cosine)",
+                         choices=("paper", "fast", "supernet"))
     sandwich: bool = option(False, "sandwich rule: each step also trains the space's largest and smallest network")
 
     QUICK = {**RunSettings.QUICK, "epochs": 6, "batch_size": 64, "lr": 0.1}
@@ -91,32 +91,24 @@ class SupernetConfig(RunSettings, TrainSettings):
     def check(self):
         super().check()
         self.check_training()
-        self.check_memory(self.supernet_memory())
 
     def default_name(self) -> str:
-        return f"evalnet-{self.dataset}-{nas.space_label(self.space)}-s{self.seed}"
+        return f"evalnet-{self.dataset}-{space_label(self.space)}-s{self.seed}"
 
 
 class SupernetTrainer:
-    """Uniform single-path training of a supernet over a space; checkpoints like the searcher."""
+    """Uniform single-path training of a supernet over a space (§4.2); checkpoints like the searcher."""
 
     def __init__(self, cfg: SupernetConfig, ess: ExpandedSearchSpace, space: Space, device: torch.device):
         self.cfg, self.ess, self.space, self.device = cfg, ess, space, device
-        torch.manual_seed(cfg.seed)
         self.amp = cfg.amp and device.type == "cuda"
-        self.supernet = SuperNet(ess).to(device)
+        self.supernet = SuperNet(ess, seed=cfg.seed).to(device)
         if self.amp:
             self.supernet = self.supernet.to(memory_format=torch.channels_last)
         self.opt = cfg.sgd(self.supernet.parameters())
         self.supernet.batch_stats_reduce = distributed.batch_stats_reduce()   # global-batch BN under torchrun
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.data_gen = data_mod.make_generator(device, cfg.seed + 1)
-        self.epoch, self.step, self.history, self.seconds, self.suspect = 0, 0, [], 0.0, False
-
-    def attach(self, data: data_mod.ImageData):
-        self.loader = data_mod.Loader(data.train_x, data.train_y, data.mean, data.std,
-                                      min(self.cfg.batch_size, len(data.train_y)), self.data_gen,
-                                      cutout=self.cfg.cutout_for(data.num_classes), channels_last=self.amp)
+        self.epoch, self.step, self.history = 0, 0, []
 
     def archs(self) -> list[Arch]:
         """This step's architectures: one uniform sample, plus the extremes under the sandwich rule."""
@@ -127,73 +119,65 @@ class SupernetTrainer:
         smallest = Arch(tuple(lo for lo, _ in self.space.depths), tuple(lo for lo, _ in self.space.widths))
         return [largest, smallest] + sampled
 
-    def train_epoch(self) -> dict:
-        start = time.time()
-        loss_sum = torch.zeros((), device=self.device)
-        bar = tqdm(self.loader, desc=f"supernet epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
-                   disable=not self.cfg.progress, dynamic_ncols=True)
-        for x, y in bar:
-            forwards = [lambda inp, a=a: self.supernet(inp, a) for a in self.archs()]
-            # under torchrun: the same architectures everywhere, a share of the batch each, averaged gradients
-            loss_sum += train_step(forwards, self.opt, distributed.shard(x), distributed.shard(y),
-                                   self.cfg.lr_at(self.step, len(self.loader)), self.amp, self.cfg.label_smoothing,
-                                   sync=lambda: distributed.average_grads(self.supernet.parameters()))
-            self.step += 1
-        record = {"epoch": self.epoch + 1, "loss": distributed.mean(loss_sum, self.device) / len(self.loader),
-                  "seconds": time.time() - start}
-        self.suspect = check_loss([h["loss"] for h in self.history] + [record["loss"]], self.ess.num_classes,
-                                  "the supernet's training loss", f"lower --lr (now {self.cfg.lr:g})")
-        self.history.append(record)
-        self.epoch += 1
-        self.seconds += record["seconds"]
-        return record
-
-    def fit(self, on_epoch: Callable | None = None, until: int | None = None):
-        """Epochs up to ``until`` (default ``cfg.epochs``), from where a resumed state stands; ``on_epoch(trainer,
-        record)`` after each."""
+    def fit(self, batches, until: int | None = None, on_step: Callable | None = None, on_epoch: Callable | None = None):
+        """Epochs up to ``until`` (default ``cfg.epochs``) from where a resumed state stands; hooks as the searcher's."""
         while self.epoch < (self.cfg.epochs if until is None else min(until, self.cfg.epochs)):
-            record = self.train_epoch()
+            start, loss_sum = time.time(), torch.zeros((), device=self.device)
+            for x, y in batches:
+                forwards = [lambda inp, a=a: self.supernet(inp, a) for a in self.archs()]
+                # under torchrun: the same architectures everywhere, a share of the batch each, averaged gradients
+                loss_sum += train_step(forwards, self.opt, distributed.shard(x), distributed.shard(y),
+                                       self.cfg.lr_at(self.step, len(batches)), self.amp, self.cfg.label_smoothing,
+                                       sync=lambda: distributed.average_grads(self.supernet.parameters()))
+                self.step += 1
+                if on_step is not None:
+                    on_step(self, [loss_sum])
+            record = {"epoch": self.epoch + 1, "loss": float(loss_sum) / len(batches), "seconds": time.time() - start}
+            self.history.append(record)
+            self.epoch += 1
             if on_epoch is not None:
                 on_epoch(self, record)
         return self
 
-    def describe(self, record: dict) -> str:
-        return f"supernet epoch {record['epoch']:3d}/{self.cfg.epochs} loss {record['loss']:.3f} {record['seconds']:.1f}s"
-
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "history": self.history, "seconds": self.seconds, "supernet": self.supernet.state_dict(),
-                "opt": self.opt.state_dict(), "gen": self.gen.get_state(), "data_gen": self.data_gen.get_state()}
+        return {"epoch": self.epoch, "step": self.step, "history": self.history, "supernet": self.supernet.state_dict(),
+                "opt": self.opt.state_dict(), "gen": self.gen.get_state()}
 
     def load_state_dict(self, state: dict):
         self.supernet.load_state_dict(state["supernet"])
         self.opt.load_state_dict(state["opt"])
         self.gen.set_state(state["gen"])
-        self.data_gen.set_state(state["data_gen"])
-        self.epoch, self.step, self.history, self.seconds = state["epoch"], state["step"], list(state["history"]), state["seconds"]
+        self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
 
 
 def train_supernet(cfg: SupernetConfig, data: data_mod.ImageData | None = None, callback=None) -> tuple[SuperNet, dict]:
     """Train (or resume) an evaluation supernet; writes runs/<name>/{config.json,supernet.pt,train.json}."""
     cfg.check()
     ess = cfg.ess_for(data)
-    space = nas.load_space(cfg.space, ess)
-    with runs.run_folder(Path(cfg.out) / (cfg.name or cfg.default_name()), cfg) as run_dir:
+    space = runs.load_space(cfg.space, ess)
+    with run_folder(Path(cfg.out) / (cfg.name or cfg.default_name()), cfg.resume, cfg.overwrite) as run_dir:
         device = runs.resolve_device(cfg.device)
-        data = runs.load_data(cfg, ess, device) if data is None else data.to(device)
+        data = data_mod.load_for(cfg, ess, device) if data is None else data.to(device)
         trainer = SupernetTrainer(cfg, ess, space, device)
-        runs.train_run(trainer, cfg, run_dir, ess, data, device, callback)
+        data_gen = data_mod.make_generator(device, cfg.seed + 1)
+        loader = data_mod.Loader(data.train_x, data.train_y, data.mean, data.std, min(cfg.batch_size, len(data.train_y)),
+                                 data_gen, cutout=cfg.cutout_for(data.num_classes), channels_last=trainer.amp)
+        describe = lambda r: f"supernet epoch {r['epoch']:3d}/{cfg.epochs} loss {r['loss']:.3f} {r['seconds']:.1f}s"
+        status = lambda t, sums, n: f"loss {float(sums[0]) / max(1, n):.3f}"
+        runs.train_run(trainer, lambda on_step, on_epoch: trainer.fit(loader, None, on_step, on_epoch), len(loader),
+                       cfg, run_dir, ess, data, device, data_gen, describe, status, callback=callback)
         trainer.supernet.batch_stats_reduce = None      # trained: scoring runs one architecture per process
         state = {"ess": ess.to_dict(), "space": space.to_dict(), "state": trainer.supernet.state_dict()}
-        runs.write_atomic(run_dir / "supernet.pt", lambda p: runs.save_torch(state, p))
+        write_atomic(run_dir / "supernet.pt", lambda p: save_torch(state, p))
         result = {"space": space.to_dict(), "ess": ess.to_dict(), "dataset": cfg.dataset, "history": trainer.history,
-                  "seconds": trainer.seconds, "supernet": str(run_dir / "supernet.pt")}
-        runs.write_json(run_dir / "train.json", result)
+                  "seconds": sum(h["seconds"] for h in trainer.history), "supernet": str(run_dir / "supernet.pt")}
+        write_json(run_dir / "train.json", result)
     return trainer.supernet, result
 
 
 def load_supernet(path: str | Path, device="cpu") -> SuperNet:
     """A supernet saved by ``train_supernet``."""
-    state = runs.load_checkpoint(Path(path))
+    state = load_checkpoint(Path(path))
     try:
         net = SuperNet(ExpandedSearchSpace.from_dict(state["ess"]))
         net.load_state_dict(state["state"])
@@ -219,7 +203,8 @@ def score_archs(supernet: SuperNet, archs: Sequence[Arch], data: data_mod.ImageD
     saved = {k: v.clone() for k, v in supernet.state_dict().items() if "running" in k or "num_batches" in k}
     was_training = supernet.training
     unique = list(dict.fromkeys(archs))     # an architecture drawn twice is scored once
-    bar = tqdm(total=len(distributed.my_share(len(unique))), desc="scoring", leave=False, disable=not progress,
+    bar = tqdm(total=len(range(distributed.rank(), len(unique), distributed.world())), desc="scoring", leave=False,
+               disable=None if progress else True,
                dynamic_ncols=True)
 
     def score(arch: Arch) -> dict:
@@ -250,24 +235,21 @@ class ScoreConfig(RunSettings):
 
     supernet: str = option("", "supernet.pt written by `evaluate.py supernet`")
     spaces: str = option("full", "comma-separated: 'full', NSS result.json files, space JSON files")
-    n: int = option(1000, "architectures per space")
-    calib_images: int = option(2000, "training images for BN recalibration (0: none)")
-    test_images: int = option(0, "test images (0: all)")
-    batch_size: int = option(1000, "evaluation batch size")
-    flops_min: float = option(0.0, "keep only architectures with at least these FLOPs")
-    flops_max: float = option(0.0, "keep only architectures with at most these FLOPs (0: no bound)")
-    ordering: str = option("", "'', 'regnet' (d1≤d2≤d3, w1≤w2≤w3) or 'elite' (d1≤d3≤d2, w1≤w3≤w2)")
+    n: int = option(1000, "architectures per space", "[1, 1e6]")
+    calib_images: int = option(2000, "training images for BN recalibration (0: none)", "[0, 1e7]")
+    test_images: int = option(0, "test images (0: all)", "[0, 1e7]")
+    batch_size: int = option(1000, "evaluation batch size", "[1, 1e6]")
+    flops_min: float = option(0.0, "keep only architectures with at least these FLOPs", "[0, inf)")
+    flops_max: float = option(0.0, "keep only architectures with at most these FLOPs (0: no bound)", "[0, inf)")
+    ordering: str = option("", "'', 'regnet' (d1≤d2≤d3, w1≤w2≤w3) or 'elite' (d1≤d3≤d2, w1≤w3≤w2)",
+                           choices=("", "regnet", "elite"))
 
     def check(self):
         super().check()
-        self.check_numbers(at_least_one=("n", "batch_size"), non_negative=("calib_images", "test_images", "flops_min", "flops_max"))
         if not self.supernet:
             raise RunError("--supernet is required: a supernet.pt written by `evaluate.py supernet`")
-        if self.ordering not in ("", "regnet", "elite"):
-            raise RunError(f"--ordering must be regnet or elite, got {self.ordering!r}")
         if self.flops_max and self.flops_min > self.flops_max:
             raise RunError(f"--flops-min {self.flops_min:g} is above --flops-max {self.flops_max:g}: no architecture is in between")
-        self.check_memory((f"--n {self.n}", 500 * self.n, "the sampled and scored architectures", False))
 
     def default_name(self) -> str:
         return f"scores-{self.dataset}-s{self.seed}"
@@ -279,15 +261,15 @@ def run_score(cfg: ScoreConfig) -> dict:
     device = runs.resolve_device(cfg.device)
     supernet = load_supernet(cfg.supernet, device)
     ess = supernet.ess
-    spaces = {spec: nas.load_space(spec, ess) for spec in cfg.spaces.split(",")}
+    spaces = {spec: runs.load_space(spec, ess) for spec in cfg.spaces.split(",")}
     band = (cfg.flops_min, cfg.flops_max or math.inf) if (cfg.flops_min or cfg.flops_max) else None
     for spec, space in spaces.items():    # a band no architecture reaches: FLOPs grow with every depth and width
         lo, hi = (arch_flops(Arch(*(tuple(r[k] for r in rs) for rs in (space.depths, space.widths))), ess) for k in (0, 1))
         if band and (band[1] < lo or band[0] > hi):
             raise RunError(f"no architecture of {spec} has {band[0]:.4g} to {band[1]:.4g} FLOPs: "
                            f"its architectures have {lo:.4g} to {hi:.4g}")
-    with runs.run_folder(Path(cfg.out) / (cfg.name or cfg.default_name()), cfg, own=("scores.json",), progress=None) as run_dir:
-        data = runs.load_data(cfg, ess, device)
+    with run_folder(Path(cfg.out) / (cfg.name or cfg.default_name()), cfg.resume, cfg.overwrite, progress=None) as run_dir:
+        data = data_mod.load_for(cfg, ess, device)
         g = torch.Generator().manual_seed(cfg.seed)
         result = {"dataset": cfg.dataset, "supernet": cfg.supernet, "ordering": cfg.ordering, "band": band, "spaces": {}}
         for spec, space in spaces.items():
@@ -297,7 +279,7 @@ def run_score(cfg: ScoreConfig) -> dict:
             result["spaces"][spec] = {"space": space.to_dict(), "scores": scores}
             print(f"{spec}: {len(scores)} architectures, median error {np.median([s['error'] for s in scores]):.2f}%",
                   file=sys.stderr)
-        runs.write_json(run_dir / "scores.json", result)
+        write_json(run_dir / "scores.json", result)
     return result
 
 
@@ -321,8 +303,8 @@ def run_table(cfg: TableConfig) -> str:
     markdown, csv_text = plots.table1(rows)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    runs.write_atomic(out.with_suffix(".md"), lambda p: p.write_text(markdown))
-    runs.write_atomic(out.with_suffix(".csv"), lambda p: p.write_text(csv_text))
+    write_atomic(out.with_suffix(".md"), lambda p: p.write_text(markdown))
+    write_atomic(out.with_suffix(".csv"), lambda p: p.write_text(csv_text))
     return markdown
 
 
@@ -338,7 +320,6 @@ class ExportConfig(RunSettings):
 
     def check(self):
         super().check()
-        self.check_numbers(non_negative=("calib_images",))
         if not self.arch:
             raise RunError("--arch is required: a nas.json, an architecture JSON file or inline JSON")
 
@@ -349,17 +330,16 @@ def run_export(cfg: ExportConfig) -> str:
     if cfg.supernet:
         device = runs.resolve_device(cfg.device)
         supernet = load_supernet(cfg.supernet, device)
-        ess, arch = supernet.ess, load_arch(cfg.arch, supernet.ess)
-        data = runs.load_data(cfg, ess, device)
+        ess, arch = supernet.ess, runs.load_arch(cfg.arch, supernet.ess)
+        data = data_mod.load_for(cfg, ess, device)
         net = supernet.extract(arch)
         if cfg.calib_images:
             recalibrate_bn(net, eval_tensors(data, cfg.calib_images, 1, cfg.seed)[0])
         source = {"supernet": cfg.supernet, "calib_images": cfg.calib_images, "dataset": cfg.dataset}
     else:
         ess = cfg.ess_for()
-        arch = load_arch(cfg.arch, ess)
-        torch.manual_seed(cfg.seed)
-        net, source = build(arch, ess), {"initialised": "seed", "seed": cfg.seed}
+        arch = runs.load_arch(cfg.arch, ess)
+        net, source = build(arch, ess, cfg.seed), {"initialised": "seed", "seed": cfg.seed}
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     save_network(Path(cfg.out), net.eval(), ess, **source)
     return f"{arch} ({format_flops(arch_flops(arch, ess))}) written to {cfg.out}"
@@ -376,44 +356,43 @@ class RankConfig(RunSettings):
 
     supernet: str = option("", "supernet.pt written by `evaluate.py supernet` (with --quick: trained here if empty)")
     space: str = option("full", "the space to sample: 'full', an NSS result.json or a space JSON")
-    k: int = option(20, "architectures to train and score")
-    recipe: str = option("fast", "from-scratch recipe (fast | paper)")
-    epochs: int = option(0, "from-scratch epochs (0: the recipe's)")
-    batch_size: int = option(0, "from-scratch batch size (0: the recipe's)")
-    lr: float = option(0.0, "from-scratch peak learning rate (0: the recipe's)")
-    calib_images: int = option(2000, "training images for BN recalibration")
-    test_images: int = option(0, "test images (0: all)")
+    k: int = option(20, "architectures to train and score", "[3, 1e4]")
+    recipe: str = option("fast", "from-scratch recipe (fast | paper)", choices=("fast", "paper"))
+    epochs: int = option(0, "from-scratch epochs (0: the recipe's)", "[0, 1e5]")
+    batch_size: int = option(0, "from-scratch batch size (0: the recipe's)", "[0, 1e6]")
+    lr: float = option(0.0, "from-scratch peak learning rate (0: the recipe's)", "[0, inf)")
+    calib_images: int = option(2000, "training images for BN recalibration", "[0, 1e7]")
+    test_images: int = option(0, "test images (0: all)", "[0, 1e7]")
 
     QUICK = {**RunSettings.QUICK, "k": 6, "epochs": 3, "batch_size": 64, "lr": 0.1, "calib_images": 200,
              "test_images": 250}
 
     def check(self):
         super().check()
-        self.check_numbers(at_least_one=("k",), non_negative=("epochs", "batch_size", "lr", "calib_images", "test_images"))
         if not self.supernet and not self.quick:
             raise RunError("--supernet is required: a supernet.pt written by `evaluate.py supernet`")
 
     def default_name(self) -> str:
-        return "rank-quick" if self.quick else f"rank-{self.dataset}-{nas.space_label(self.space)}-s{self.seed}"
+        return "rank-quick" if self.quick else f"rank-{self.dataset}-{space_label(self.space)}-s{self.seed}"
 
 
 def run_rank(cfg: RankConfig) -> dict:
     """Score and train the same k architectures; writes rank.json and the rank-agreement plot."""
     cfg.check()
     run_dir = Path(cfg.out) / (cfg.name or cfg.default_name())
-    with runs.run_folder(run_dir, cfg, own=("rank.json", "rank.png", "rank.pdf"), progress=None):
+    with run_folder(run_dir, cfg.resume, cfg.overwrite, progress=None):
         device = runs.resolve_device(cfg.device)
         fields = {f: getattr(cfg, f) for f in ("dataset", "data_dir", "download", "synthetic_size", "d_max", "w_max",
                                                "d_step", "w_step", "seed", "device", "amp", "progress")}
         if cfg.supernet:
             supernet = load_supernet(cfg.supernet, device)
-            data = runs.load_data(cfg, supernet.ess, device)
+            data = data_mod.load_for(cfg, supernet.ess, device)
         else:   # --quick: a small evaluation supernet first, inside this run's folder
             quick = {**SupernetConfig.QUICK, **fields, "quick": True, "out": str(run_dir), "name": "evalnet", "overwrite": True}
-            data = runs.load_data(cfg, cfg.ess_for(), device)
+            data = data_mod.load_for(cfg, cfg.ess_for(), device)
             supernet, _ = train_supernet(SupernetConfig(**quick), data)
         ess = supernet.ess
-        archs = list(dict.fromkeys(sample_archs(nas.load_space(cfg.space, ess), cfg.k, ess,
+        archs = list(dict.fromkeys(sample_archs(runs.load_space(cfg.space, ess), cfg.k, ess,
                                                 torch.Generator().manual_seed(cfg.seed))))
         scored = score_archs(supernet, archs, data, cfg.calib_images, cfg.test_images or None, seed=cfg.seed, amp=cfg.amp,
                              progress=cfg.progress)
@@ -427,8 +406,8 @@ def run_rank(cfg: RankConfig) -> dict:
                   "kendall_tau": plots.kendall_tau(supernet_errors, trained),
                   "spearman_rho": plots.spearman_rho(supernet_errors, trained), "run_dir": str(run_dir)}
         plots.plot_rank_agreement(supernet_errors, trained, run_dir / "rank",
-                                  title=f"{len(archs)} architectures of {nas.space_label(cfg.space)} on {cfg.dataset}")
-        runs.write_json(run_dir / "rank.json", result)
+                                  title=f"{len(archs)} architectures of {space_label(cfg.space)} on {cfg.dataset}")
+        write_json(run_dir / "rank.json", result)
     return result
 
 
@@ -453,12 +432,9 @@ COMMANDS = {"supernet": (SupernetConfig, lambda c: f"supernet written to {train_
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv == ["--quick"]:
-        import demo      # the demo orchestrates every module; the library never needs it
-        summary = demo.evaluate_quick()
-        print(summary["table1"])
-        print("figures:", *summary["figures"], sep="\n  ")
-        return 0
+    if argv[:1] == ["--quick"]:
+        raise RunError("the end-to-end demo of every protocol is `python demo.py`; `evaluate.py rank --quick` runs "
+                       "the rank agreement alone")
     if argv and argv[0] in COMMANDS:
         cls, action = COMMANDS[argv[0]]
         print(action(runs.parse_config(cls, argv[1:], description=f"evaluate.py {argv[0]}: {cls.__doc__}")))
@@ -467,7 +443,7 @@ def main(argv=None) -> int:
         print(__doc__)
         return 0
     raise RunError(f"{'unknown command ' + repr(argv[0]) if argv else 'no command'}: give one of "
-                   f"{', '.join(COMMANDS)}, or --quick alone (see --help)")
+                   f"{', '.join(COMMANDS)} (see --help)")
 
 
 if __name__ == "__main__":

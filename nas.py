@@ -15,19 +15,16 @@ The number of samples used is Table 1's "#samples".
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 import data as data_mod
 import runs
 from flops import arch_flops, format_flops
-from rundir import read_text
-from runs import RunError, SearchConfig, option
+from runs import SearchConfig, option, space_label
 from search import Searcher, Theta
-from space import Arch, ExpandedSearchSpace, Options, Space
+from space import Arch, Options, Space
 
 
 @dataclass
@@ -35,23 +32,13 @@ class NASConfig(SearchConfig):
     """NAS settings: NSS's search settings plus the space and the sampling protocol of Table 1."""
 
     space: str = option("full", "'full', an NSS result.json (its Elite Space) or a space JSON file")
-    sampling: str = option("auto", "best-of-n | until-within | auto (best-of-n in a given space, until-within in the full space)")
-    n_samples: int = option(5, "samples for best-of-n")
-    max_samples: int = option(1000, "cap on samples for until-within")
-    tolerance: float = option(0.10, "until-within stops at |FLOPs/target − 1| ≤ tolerance (±10%)")
+    sampling: str = option("auto", "best-of-n | until-within | auto (best-of-n in a given space, until-within in the "
+                                   "full space)", choices=("auto", "best-of-n", "until-within"))
+    n_samples: int = option(5, "samples for best-of-n", "[1, 1e6]")
+    max_samples: int = option(1000, "cap on samples for until-within", "[1, 1e6]")
+    tolerance: float = option(0.10, "until-within stops at |FLOPs/target − 1| ≤ tolerance (±10%)", "(0, 1)")
 
     QUICK = {**SearchConfig.QUICK, "space": "full"}
-
-    def check(self):
-        super().check()
-        if self.sampling not in ("auto", "best-of-n", "until-within"):
-            raise RunError(f"--sampling must be auto, best-of-n or until-within, got {self.sampling!r}")
-        if self.n_samples < 1 or self.max_samples < 1:
-            raise RunError("--n-samples and --max-samples must be at least 1")
-        if not 0 < self.tolerance < 1:
-            raise RunError(f"--tolerance must be in (0, 1), got {self.tolerance}")
-        self.check_memory((f"--max-samples {self.max_samples} --n-samples {self.n_samples}",
-                           300 * max(self.max_samples, self.n_samples), "the sampled architectures", False))
 
     def default_name(self) -> str:
         prefix = "nas-quick" if self.quick else f"nas-{self.dataset}-{format_flops(self.target)}-s{self.seed}"
@@ -61,29 +48,6 @@ class NASConfig(SearchConfig):
         if self.sampling != "auto":
             return self.sampling
         return "until-within" if self.space == "full" else "best-of-n"
-
-
-def space_label(spec: str) -> str:
-    """A short name for a --space value: 'full', 'elite-<NSS run>' or the file's stem."""
-    if spec == "full":
-        return "full"
-    path = Path(spec)
-    return f"elite-{path.parent.name}" if path.name == "result.json" else path.stem
-
-
-def load_space(spec: str, ess: ExpandedSearchSpace) -> Space:
-    """'full', an NSS ``result.json`` (its ``elite_space``) or a JSON file holding a space."""
-    if spec == "full":
-        return ess.full_space()
-    path = Path(spec)
-    text = read_text(path, "the space file")
-    try:
-        d = json.loads(text)
-        if isinstance(d, dict) and "elite_space" in d:
-            d = d["elite_space"]
-        return Space.from_dict(d).validate(ess)
-    except (ValueError, TypeError) as e:
-        raise RunError(f"malformed space JSON in {path}: {e}") from None
 
 
 def sample_final(searcher: Searcher, protocol: str, n: int, max_samples: int, tolerance: float) -> dict:
@@ -116,7 +80,7 @@ def run(cfg: NASConfig, data: data_mod.ImageData | None = None, callback=None) -
     """NAS end to end: writes runs/<name>/{config,nas}.json and returns the result."""
     cfg.check()
     ess = cfg.ess_for(data)
-    space = load_space(cfg.space, ess)
+    space = runs.load_space(cfg.space, ess)
     finish = lambda s: sample_final(s, cfg.protocol(), cfg.n_samples, cfg.max_samples, cfg.tolerance) | {
         "space": space.to_dict(), "space_source": cfg.space}
     return runs.run_search(cfg, ess, Options.nas(space), f"the architectures of {space}", cfg.default_name(),

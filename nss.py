@@ -14,12 +14,14 @@ import dataclasses
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import data as data_mod
 import runs
 from flops import format_flops
-from runs import RunError, SearchConfig, option
-from search import elite_space
+from rundir import RunError, load_checkpoint
+from runs import SearchConfig, option
+from search import check_target, elite_space
 from space import Options, Space
 
 
@@ -27,13 +29,8 @@ from space import Options, Space
 class NSSConfig(SearchConfig):
     """Network Space Search: the settings above plus the Elite Space selection (§3.4)."""
 
-    n_samples: int = option(5, "n: spaces sampled from the final P_Θ; the closest to the target is the Elite Space")
-
-    def check(self):
-        super().check()
-        if self.n_samples < 1:
-            raise RunError(f"--n-samples must be at least 1, got {self.n_samples}")
-        self.check_memory((f"--n-samples {self.n_samples}", 300 * self.n_samples, "the sampled spaces", False))
+    n_samples: int = option(5, "n: spaces sampled from the final P_Θ; the closest to the target is the Elite Space",
+                            "[1, 1e6]")
 
     def default_name(self, several: bool = False) -> str:
         """runs/<name>: nss-<dataset>-<target>-s<seed> (nss-quick with --quick); with several targets, --name
@@ -60,17 +57,35 @@ def run(cfg: NSSConfig, data: data_mod.ImageData | None = None, callback=None) -
 
 def run_targets(cfg: NSSConfig, targets: list[float], data: data_mod.ImageData | None = None,
                 callback=None) -> list[dict]:
-    """NSS for several FLOPs targets sharing one warmup (``runs.run_searches``): runs/<warmup_name>, then one
-    run folder and result.json per target, each the result the target would get searched alone."""
+    """Several FLOPs targets, one warmup: the warmup epochs (uniform sampling, weight steps only, §4.1) do not
+    depend on the target, so they run once, in runs/<warmup_name>, and each target's search goes on from the
+    warmed-up state in its own run folder and result.json. With --resume the warmup and every target go on from
+    their own checkpoint where one exists; a target searched here gets the result it gets searched alone."""
     if len(set(targets)) != len(targets):
         raise RunError(f"--target lists a target twice: {','.join(f'{t:g}' for t in targets)}")
     cfgs = [dataclasses.replace(cfg, target=t) for t in targets]
     for c in cfgs:
         c.check()
+    names = [c.default_name(several=True) for c in cfgs]
+    if len(set(names)) < len(names):
+        raise RunError(f"targets that share a run folder name ({', '.join(names)}): give targets further apart")
     ess = cfg.ess_for(data)
-    elite = lambda c, s: elite_space(s.theta, s.gen, c.n_samples, c.target, ess)
-    return runs.run_searches(cfgs, [c.default_name(several=True) for c in cfgs], cfg.warmup_name(), ess,
-                             Options.nss(ess), "the candidate spaces", elite, data, callback)
+    options, what = Options.nss(ess), "the candidate spaces"
+    with runs.user_input():
+        for c in cfgs:
+            check_target(c.target, options, ess, what)
+    data = data_mod.load_for(cfg, ess, runs.resolve_device(cfg.device)) if data is None else data
+    out, warm_name = Path(cfg.out), cfg.warmup_name()
+    resume = lambda name: cfg.resume and (out / name / "checkpoint.pt").is_file()
+    runs.run_search(dataclasses.replace(cfg, name=warm_name, resume=resume(warm_name)), ess, options, what,
+                    warm_name, None, data, callback, until=cfg.warmup_epochs)
+    warm = load_checkpoint(out / warm_name / "checkpoint.pt")      # the warmed-up state, once, on the host
+    results = []
+    for c, name in zip(cfgs, names):
+        finish = lambda s, c=c: elite_space(s.theta, s.gen, c.n_samples, c.target, ess) | {"warmup_run": str(out / warm_name)}
+        results.append(runs.run_search(dataclasses.replace(c, name=name, resume=resume(name)), ess, options, what,
+                                       name, finish, data, callback, start=warm))
+    return results
 
 
 def split_targets(argv: list[str]) -> tuple[list[str], list[float] | None]:

@@ -104,7 +104,7 @@ def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
 
 def table_rows(runs_dir: str | Path, match: str = "*", warn=None) -> list[dict]:
     """Table 1's rows from every nas.json under ``runs_dir`` whose run folder matches the glob ``match``
-    (with the scratch.json beside it, if any). A file that cannot be read, or is not a NAS result, is
+    (with the from-scratch errors of its scratch/scratch.json, if any). A file that cannot be read, or is not a NAS result, is
     skipped with one line to ``warn`` (default: a warning on stderr) naming it; the others still make the table."""
     warn = warn or (lambda path, why: print(f"warning: skipping {path}: {why}", file=sys.stderr))
     rows: dict = defaultdict(dict)
@@ -114,7 +114,7 @@ def table_rows(runs_dir: str | Path, match: str = "*", warn=None) -> list[dict]:
         except ValueError as e:
             warn(path, e)
             continue
-        scratch, error = path.parent / "scratch.json", None
+        scratch, error = path.parent / "scratch" / "scratch.json", None   # evaluate.py scratch --arch <nas.json>
         if scratch.exists():
             try:
                 error = _read_result(scratch, {"mean": (int, float)})["mean"]

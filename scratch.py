@@ -6,8 +6,9 @@
   (CIFAR-10) or 8×8 (CIFAR-100), no label smoothing. ``fast`` is a short one-cycle recipe for quick and
   GPU-scale runs (60 epochs at batch 512, cosine after a 2-epoch warmup, label smoothing 0.1).
   ``supernet`` is the evaluation supernet's (§4.2, ``evaluate.py``).
-* ``train_from_scratch`` trains ``build(arch)`` for one seed; ``run_scratch`` runs the seeds, writes
-  ``scratch.json`` after each (resumable per seed) and keeps each seed's network as ``seed<N>.pt``.
+* ``train_from_scratch`` trains ``build(arch)`` for one seed; ``run_scratch`` runs the seeds in a run folder of
+  its own (``<NAS run>/scratch`` for a nas.json), writes ``scratch.json`` after each (resumable per seed) and
+  keeps each seed's network as ``seed<N>.pt``.
 * ``load_network(path)`` gives a saved network back: ``net = load_network("runs/…/seed0.pt")``.
 """
 from __future__ import annotations
@@ -27,10 +28,11 @@ import data as data_mod
 import distributed
 import runs
 from flops import arch_flops, arch_params
-from rundir import read_text
-from runs import RunError, RunSettings, option
+from rundir import RunError, load_checkpoint, run_folder, save_torch, write_atomic, write_json
+from runs import RunSettings, option
 from space import Arch, ExpandedSearchSpace
-from supernet import Network, SGDSettings, autocast, build, check_loss, cosine_lr, train_step
+from supernet import Network, build
+from train import SGDSettings, autocast, check_loss, cosine_lr, step_lr, train_step
 
 RECIPES: dict[str, dict] = {
     "paper": dict(epochs=200, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="step",
@@ -46,18 +48,21 @@ RECIPES: dict[str, dict] = {
 class TrainSettings(SGDSettings):
     """A training recipe (Table 1's [4], or a shorter one): every field left unset takes the recipe's value."""
 
-    recipe: str = option("paper", "paper ([4]: 200 epochs, ÷5 at 60/120/160) | fast (60-epoch one-cycle) | supernet")
-    lr: float = option(None)
-    momentum: float = option(None)
-    weight_decay: float = option(None)
-    epochs: int = option(None, "epochs over the whole training set")
-    batch_size: int = option(None, "batch size")
-    schedule: str = option(None, "learning-rate schedule: step (÷ at --milestones) | cosine (after --lr-warmup-epochs)")
+    recipe: str = option("paper", "paper ([4]: 200 epochs, ÷5 at 60/120/160) | fast (60-epoch one-cycle) | supernet",
+                         choices=tuple(RECIPES))
+    lr: float = option(None, "peak SGD learning rate", "(0, inf)")
+    momentum: float = option(None, "SGD Nesterov momentum", "[0, 1)")
+    weight_decay: float = option(None, "SGD weight decay", "[0, inf)")
+    epochs: int = option(None, "epochs over the whole training set", "[1, 1e5]")
+    batch_size: int = option(None, "batch size", "[1, 1e6]")
+    schedule: str = option(None, "learning-rate schedule: step (÷ at --milestones) | cosine (after --lr-warmup-epochs)",
+                           choices=("step", "cosine"))
     milestones: str = option(None, "step schedule: epochs at which the learning rate is multiplied by --lr-gamma")
-    lr_gamma: float = option(None, "step schedule: the factor at each milestone (0.2: divided by 5)")
-    lr_warmup_epochs: float = option(None, "linear learning-rate warmup (epochs)")
-    label_smoothing: float = option(None, "label smoothing")
-    cutout: int = option(None, "side of cutout's hole after normalisation; -1: [4]'s, 16 (CIFAR-10) or 8 (CIFAR-100)")
+    lr_gamma: float = option(None, "step schedule: the factor at each milestone (0.2: divided by 5)", "(0, inf)")
+    lr_warmup_epochs: float = option(None, "linear learning-rate warmup (epochs)", "[0, 1e5]")
+    label_smoothing: float = option(None, "label smoothing", "[0, 1)")
+    cutout: int = option(None, "side of cutout's hole after normalisation; -1: [4]'s, 16 (CIFAR-10) or 8 (CIFAR-100)",
+                         "[-1, 1e4]")
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -70,17 +75,11 @@ class TrainSettings(SGDSettings):
         """The recipe's name and every value in force (what a result records)."""
         return {"name": self.recipe, **{name: getattr(self, name) for name in RECIPES[self.recipe]}}
 
-    def check_training(self: RunSettings):
-        self.check_numbers(at_least_one=("epochs", "batch_size"), positive=("lr", "lr_gamma"),
-                           non_negative=("lr_warmup_epochs", "momentum", "weight_decay", "label_smoothing"))
-        if self.schedule not in ("step", "cosine"):
-            raise RunError(f"--schedule must be step or cosine, got {self.schedule!r}")
+    def check_training(self):
         try:
             [int(m) for m in self.milestones.split(",") if m.strip()]
         except ValueError:
             raise RunError(f"--milestones must be comma-separated epochs such as 60,120,160, got {self.milestones!r}") from None
-        if self.cutout < -1:
-            raise RunError(f"--cutout must be -1 ([4]'s size), 0 (off) or a size, got {self.cutout}")
 
     def cutout_for(self, num_classes: int) -> int:
         return data_mod.cutout_size(num_classes) if self.cutout == -1 else self.cutout
@@ -88,8 +87,8 @@ class TrainSettings(SGDSettings):
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
         """The learning rate of a step: step decay at the milestones [4], or linear warmup then cosine to 0."""
         if self.schedule == "step":
-            passed = sum(step >= int(m) * steps_per_epoch for m in self.milestones.split(",") if m.strip())
-            return self.lr * self.lr_gamma ** passed
+            milestones = [int(m) * steps_per_epoch for m in self.milestones.split(",") if m.strip()]
+            return step_lr(self.lr, step, milestones, self.lr_gamma)
         return cosine_lr(self.lr, step, self.epochs * steps_per_epoch, int(self.lr_warmup_epochs * steps_per_epoch))
 
 
@@ -98,8 +97,8 @@ class ScratchConfig(RunSettings, TrainSettings):
     """From-scratch training of one architecture over several seeds (Table 1, the settings of [4])."""
 
     arch: str = option("", "a nas.json, an architecture JSON file, or inline JSON {\"depths\": [...], \"widths\": [...]}")
-    seeds: int = option(3, "independent runs (the paper: 3)")
-    eval_every: int = option(1, "test every this many epochs (history for time-to-accuracy)")
+    seeds: int = option(3, "independent runs (the paper: 3)", "[1, 1000]")
+    eval_every: int = option(1, "test every this many epochs (history for time-to-accuracy)", "[1, 1e5]")
 
     QUICK = {**RunSettings.QUICK, "recipe": "fast", "seeds": 2, "epochs": 3, "batch_size": 64, "lr": 0.1,
              "lr_warmup_epochs": 0.5, "cutout": 8}
@@ -107,20 +106,9 @@ class ScratchConfig(RunSettings, TrainSettings):
     def check(self):
         super().check()
         self.check_training()
-        self.check_numbers(at_least_one=("seeds", "eval_every"))
 
     def default_name(self) -> str:
         return f"scratch-{self.dataset}-s{self.seed}"
-
-
-def load_arch(spec: str, ess: ExpandedSearchSpace) -> Arch:
-    """An architecture from a nas.json (its ``arch``), a JSON file or inline JSON."""
-    text = spec if spec.lstrip().startswith("{") else read_text(spec, "the architecture file")
-    try:
-        d = json.loads(text)
-        return Arch.from_dict(d["arch"] if isinstance(d, dict) and "arch" in d else d).validate(ess)
-    except (ValueError, TypeError) as e:
-        raise RunError(f"malformed architecture JSON in {spec}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,12 +148,12 @@ def save_network(path: Path, net: Network, ess: ExpandedSearchSpace, **extra):
 def save_weights(path: Path, arch: Arch, state: dict, ess: ExpandedSearchSpace, **extra):
     """``save_network`` from an architecture and its ``weights_of`` (a network trained in another process)."""
     payload = {"arch": arch.to_dict(), "ess": ess.to_dict(), "state": state, **extra}
-    runs.write_atomic(Path(path), lambda p: runs.save_torch(payload, p))
+    write_atomic(Path(path), lambda p: save_torch(payload, p))
 
 
 def load_network(path: str | Path, device="cpu") -> Network:
     """A network saved by ``save_network`` (``run_scratch``'s seed<N>.pt, ``evaluate.py export``), in eval mode."""
-    saved = runs.load_checkpoint(Path(path))
+    saved = load_checkpoint(Path(path))
     try:
         net = build(Arch.from_dict(saved["arch"]), ExpandedSearchSpace.from_dict(saved["ess"]))
         net.load_state_dict(saved["state"])
@@ -184,8 +172,7 @@ def train_from_scratch(arch: Arch, ess: ExpandedSearchSpace, data: data_mod.Imag
     device = runs.resolve_device(cfg.device)
     amp = cfg.amp and device.type == "cuda"
     data = data.to(device)
-    torch.manual_seed(seed)
-    net = build(arch, ess).to(device)
+    net = build(arch, ess, seed).to(device)
     if amp:
         net = net.to(memory_format=torch.channels_last)
     opt = cfg.sgd(net.parameters())
@@ -194,52 +181,51 @@ def train_from_scratch(arch: Arch, ess: ExpandedSearchSpace, data: data_mod.Imag
                              channels_last=amp)
     _, test_x, test_y = eval_tensors(data, 0, None, seed, channels_last=amp)
     history, losses, start, step = [], [], time.time(), 0
-    # one fixed network: let cuDNN pick the fastest kernels (the supernets' changing shapes must not)
-    torch.backends.cudnn.benchmark = device.type == "cuda"
-    for epoch in tqdm(range(cfg.epochs), desc=f"scratch seed {seed}", leave=False, disable=not cfg.progress):
-        net.train()
-        loss_sum = torch.zeros((), device=device)
-        for x, y in loader:
-            loss_sum += train_step(net, opt, x, y, cfg.lr_at(step, len(loader)), amp, cfg.label_smoothing)
-            step += 1
-        losses.append(float(loss_sum) / len(loader))     # one host sync per epoch
-        check_loss(losses, ess.num_classes, f"the training loss of {arch} (seed {seed})", f"lower --lr (now {cfg.lr:g})")
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            net.eval()
-            with autocast(device, amp):
-                error = test_error(net, test_x, test_y)
-            history.append({"epoch": epoch + 1, "test_error": error, "seconds": time.time() - start})
-    torch.backends.cudnn.benchmark = False
+    benchmark = torch.backends.cudnn.benchmark      # one fixed network: let cuDNN pick the fastest kernels, then
+    torch.backends.cudnn.benchmark = device.type == "cuda" or benchmark    # restore (the supernets' shapes change)
+    try:
+        for epoch in tqdm(range(cfg.epochs), desc=f"scratch seed {seed}", leave=False,
+                          disable=None if cfg.progress else True):
+            net.train()
+            loss_sum = torch.zeros((), device=device)
+            for x, y in loader:
+                loss_sum += train_step(net, opt, x, y, cfg.lr_at(step, len(loader)), amp, cfg.label_smoothing)
+                step += 1
+            losses.append(float(loss_sum) / len(loader))     # one host sync per epoch
+            check_loss(losses, ess.num_classes, f"the training loss of {arch} (seed {seed})",
+                       f"lower --lr (now {cfg.lr:g})")
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                net.eval()
+                with autocast(device, amp):
+                    error = test_error(net, test_x, test_y)
+                history.append({"epoch": epoch + 1, "test_error": error, "seconds": time.time() - start})
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
     result = {"seed": seed, "error": history[-1]["test_error"], "history": history, "seconds": time.time() - start}
     return result, net.eval()
 
 
 def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.ImageData | None = None,
                 run_dir: Path | None = None) -> dict:
-    """Train an architecture over ``cfg.seeds`` seeds; writes scratch.json and seed<N>.pt after every seed
-    (resumable per seed). With an ``--arch`` nas.json the result goes beside it, so that ``table`` pairs them."""
+    """Train an architecture over ``cfg.seeds`` seeds in a run folder of its own; writes scratch.json and seed<N>.pt
+    after every seed (resumable per seed, under the same settings and data). For an ``--arch`` nas.json the folder
+    is ``scratch/`` beside it, so that ``evaluate.py table`` pairs them."""
     cfg.check()
     ess = cfg.ess_for(data)
     if arch is None and not cfg.arch:
         raise RunError("--arch is required: a nas.json, an architecture JSON file or inline JSON")
-    arch = arch or load_arch(cfg.arch, ess)
+    arch = arch or runs.load_arch(cfg.arch, ess)
     if run_dir is None:
         beside_nas = cfg.arch.endswith("nas.json") and not cfg.name
-        run_dir = Path(cfg.arch).parent if beside_nas else Path(cfg.out) / (cfg.name or cfg.default_name())
+        run_dir = Path(cfg.arch).parent / "scratch" if beside_nas else Path(cfg.out) / (cfg.name or cfg.default_name())
     out = run_dir / "scratch.json"
-    weights = tuple(f"seed{seed}.pt" for seed in range(cfg.seed, cfg.seed + cfg.seeds))
-    with runs.run_folder(run_dir, cfg, own=(out.name, *weights), progress=out.name):
-        try:
-            # several processes: rank 0 reads what earlier seeds left, every process learns it
-            result = distributed.broadcast(json.loads(out.read_text()) if cfg.resume and distributed.is_main() else {})
-            trained, same_arch = list(result.get("runs", [])), not result or result["arch"] == arch.to_dict()
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise RunError(f"{out} is corrupt ({type(e).__name__}): pass --overwrite to start over") from None
-        if not same_arch:
-            raise RunError(f"{out} holds another architecture; use --overwrite or another --name")
-        data = runs.load_data(cfg, ess) if data is None else data
-        data_print = runs.fingerprint(data)
-        runs.check_same_data(data_print, result.get("data"), str(out))
+    with run_folder(run_dir, cfg.resume, cfg.overwrite, progress=out.name):
+        data = data_mod.load_for(cfg, ess, runs.resolve_device(cfg.device)) if data is None else data
+        mine = runs.identity(cfg, data_mod.fingerprint(data), runs.resolve_device(cfg.device))
+        mine = json.loads(json.dumps(mine)) | {"arch": arch.to_dict()}
+        # several processes: rank 0 reads what earlier seeds left, every process learns it
+        result = distributed.broadcast(read_result(out, mine) if cfg.resume and distributed.is_main() else {})
+        trained = list(result.get("runs", []))
         recipe = {**cfg.recipe_values(), "cutout": cfg.cutout_for(ess.num_classes)}
 
         def train(seed: int) -> tuple[dict, dict]:
@@ -256,6 +242,24 @@ def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.Ima
             result = {"arch": arch.to_dict(), "flops": arch_flops(arch, ess), "params": arch_params(arch, ess),
                       "dataset": cfg.dataset, "recipe": recipe, "errors": errors, "mean": float(np.mean(errors)),
                       "std": float(np.std(errors)), "runs": trained, "config": dataclasses.asdict(cfg),
-                      "data": data_print}
-            runs.write_json(out, result)
+                      "identity": mine}
+            write_json(out, result)
+    return result
+
+
+def read_result(path: Path, mine: dict) -> dict:
+    """What earlier seeds left in scratch.json, if it was written under the identity ``mine`` (one line if not)."""
+    try:
+        result = json.loads(path.read_text())
+        errors = [float(r["error"]) for r in result["runs"]]
+        ok = isinstance(result["runs"], list) and all(isinstance(r, dict) for r in result["runs"]) and all(
+            e == e for e in errors)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunError(f"{path} is corrupt ({type(e).__name__}): pass --overwrite to start over") from None
+    if not ok:
+        raise RunError(f"{path} is corrupt (its runs are malformed): pass --overwrite to start over")
+    if result.get("identity", {}).get("arch") != mine["arch"]:
+        raise RunError(f"{path} holds another architecture; use --overwrite or another --name")
+    runs.check_identity({k: v for k, v in mine.items() if k != "arch"},
+                        {k: v for k, v in result["identity"].items() if k != "arch"}, what=str(path))
     return result

@@ -1,4 +1,4 @@
-"""The search engine of Network Space Search (§3.3–3.4, Eq. 2–5), shared by NSS and NAS.
+"""Network Space Search (§3.3–3.4, Eq. 2–5): Θ, its Gumbel-softmax samples, the weight and Θ steps, the Elite Space.
 
 Θ holds, per stage i, logits α_i over the depth options and β_i over the width options; P_Θ is
 their product of softmaxes (Eq. 2). After a warmup of weight steps on uniformly sampled
@@ -10,31 +10,30 @@ architectures, every iteration takes
      CE + λ·|F(g)/target − 1| (Eq. 5) with F the differentiable expected FLOPs; Adam on Θ.
 NSS's options are the candidate ranges (``Options.nss``) and its Elite Space is the closest to the
 target of n = 5 spaces sampled from the final P_Θ (§3.4); NAS's options are single depths and
-widths (``Options.nas``, ``nas.py``). This module is the method alone: command lines, run folders
-and checkpoint files live in ``runs.py``.
+widths (``Options.nas``). The searcher takes its batches from you, as (x, y) pairs of tensors:
 
-    searcher = Searcher(SearchSettings(target=1.6e9), ess, Options.nss(ess), device)
-    searcher.attach(data)                      # a data.ImageData
-    searcher.fit()                             # warmup, then weight and Θ steps
-    elite_space(searcher.theta, searcher.gen, 5, 1.6e9, ess)
+    ess = ExpandedSearchSpace.reduced()
+    searcher = Searcher(SearchSettings(target=6e6, epochs=4, warmup_epochs=1), ess, Options.nss(ess))
+    searcher.fit(train_batches, val_batches)          # e.g. lists of (images, labels), or DataLoaders
+    elite_space(searcher.theta, searcher.gen, 5, 6e6, ess)
+
+It imports only torch and the other method files (space, flops, supernet, train).
 """
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-import data as data_mod
 from flops import OptionMoments, arch_flops, expected_flops, flops_loss, flops_range, format_flops, space_flops
 from space import Arch, ExpandedSearchSpace, Options, Space
-from supernet import Diverged, SGDSettings, SuperNet, autocast, check_loss, cosine_lr, setting, train_step
+from supernet import SuperNet
+from train import SettingError, SGDSettings, autocast, check_settings, cosine_lr, setting, train_step
 
 
 # --------------------------------------------------------------------------------------------
@@ -45,41 +44,32 @@ from supernet import Diverged, SGDSettings, SuperNet, autocast, check_loss, cosi
 class SearchSettings(SGDSettings):
     """The search's hyperparameters (Eq. 5, §4.1; FBNet's schedule [32]). ``lr`` follows a cosine."""
 
-    target: float = setting(1.6e9, "FLOPs_target, in multiply-accumulates (1.6e9 = 1.6GF)")
-    lam: float = setting(1.0, "λ: weight of the FLOPs loss (choice)")
+    target: float = setting(1.6e9, "FLOPs_target, in multiply-accumulates (1.6e9 = 1.6GF)", "(0, inf)")
+    lam: float = setting(1.0, "λ: weight of the FLOPs loss (choice)", "[0, inf)")
     task_loss: bool = setting(True, "use CE in Θ steps; --no-task-loss trains Θ on the FLOPs loss alone")
-    flops_samples: int = setting(16, "Gumbel draws averaged in the FLOPs term (choice: variance reduction)")
-    epochs: int = setting(30, "epochs in all, warmup included")
-    warmup_epochs: int = setting(10, "weight-only epochs first, on uniformly sampled spaces")
-    batch_size: int = setting(64, "batch size of weight and Θ steps (the paper: 64)")
-    arch_lr: float = setting(0.01, "Adam learning rate of Θ (FBNet)")
-    arch_weight_decay: float = setting(5e-4, "Adam weight decay of Θ (FBNet)")
-    tau0: float = setting(5.0, "τ_0: Gumbel-softmax temperature of the first search epoch (FBNet)")
-    tau_end: float = setting(0.1, "τ of the last search epoch; τ decays exponentially in between (FBNet's form, choice)")
-    eps: float = setting(1e-4, "masked forwards skip options whose weight is below ε")
-    seed: int = setting(0, "seed of everything")
-
-    def check(self):
-        """Raise ValueError naming the first setting out of its range."""
-        finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
-        rules = [(n, "at least 1", lambda v: v >= 1) for n in ("epochs", "batch_size", "flops_samples")]
-        rules += [(n, "a finite positive number", lambda v: finite(v) and v > 0)
-                  for n in ("target", "lr", "arch_lr", "tau0", "tau_end")]
-        rules += [(n, "a finite non-negative number", lambda v: finite(v) and v >= 0)
-                  for n in ("lam", "eps", "momentum", "weight_decay", "arch_weight_decay")]
-        rules += [("warmup_epochs", f"in 0..{self.epochs - 1} (less than --epochs)", lambda v: 0 <= v < self.epochs),
-                  ("tau_end", f"at most --tau0 ({self.tau0})", lambda v: v <= self.tau0)]
-        for name, what, ok in rules:
-            if not ok(getattr(self, name)):
-                raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {getattr(self, name)}")
+    flops_samples: int = setting(16, "Gumbel draws averaged in the FLOPs term (choice: variance reduction)", "[1, 4096]")
+    epochs: int = setting(30, "epochs in all, warmup included", "[1, inf)")
+    warmup_epochs: int = setting(10, "weight-only epochs first, on uniformly sampled spaces", "[0, epochs)")
+    batch_size: int = setting(64, "batch size of weight and Θ steps (the paper: 64)", "[1, inf)")
+    arch_lr: float = setting(0.01, "Adam learning rate of Θ (FBNet)", "(0, inf)")
+    arch_weight_decay: float = setting(5e-4, "Adam weight decay of Θ (FBNet)", "[0, inf)")
+    tau0: float = setting(5.0, "τ_0: Gumbel-softmax temperature of the first search epoch (FBNet)", "(0, inf)")
+    tau_end: float = setting(0.1, "τ of the last search epoch; τ decays exponentially in between (FBNet's form, "
+                                  "choice)", "(0, tau0]")
+    eps: float = setting(1e-4, "masked forwards skip options whose weight is below ε", "[0, 1)")
+    seed: int = setting(0, "seed of everything", "[0, 4.6e18]")
 
 
 def check_target(target: float, options: Options, ess: ExpandedSearchSpace, what: str):
-    """Raise ValueError unless some choice of ``options`` reaches the FLOPs target (Eq. 4)."""
+    """Raise SettingError unless some choice of ``options`` reaches the FLOPs target (Eq. 4)."""
     lo, hi = flops_range(options, ess)
     if not lo <= target <= hi:
-        raise ValueError(f"--target {target:g} is outside the FLOPs range of {what}: "
-                         f"{lo:.4g} ({format_flops(lo)}) to {hi:.4g} ({format_flops(hi)})")
+        raise SettingError("target", f"inside the FLOPs range of {what}, {lo:.4g} ({format_flops(lo)}) to "
+                                     f"{hi:.4g} ({format_flops(hi)})", target)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,9 +124,22 @@ class Theta(nn.Module):
         """The mode of P_Θ."""
         return self.options.space([int(a.argmax()) for a in self.alpha], [int(b.argmax()) for b in self.beta])
 
+    @torch.no_grad()
+    def expected_flops(self, ess: ExpandedSearchSpace) -> float:
+        """E_{𝒜~P_Θ}[FLOPs(𝒜)], exactly (F evaluated at g = softmax(Θ), §3.4)."""
+        return float(expected_flops(*self.probs(), OptionMoments.of(self.options), ess))
+
     def probs_dict(self) -> dict:
         pd, pw = self.probs()
         return {"depth": [p.tolist() for p in pd], "width": [p.tolist() for p in pw]}
+
+
+def temperature(settings: SearchSettings, epoch: int) -> float:
+    """τ_e = τ_0·r^e after e search epochs, FBNet's exponential decay [32], with r = (τ_end/τ_0)^(1/(E−1)) so that
+    the last of the E search epochs runs at τ_end (FBNet: τ_0 = 5, ×0.956 per epoch, ≈ 0.09 after 90 epochs)."""
+    s = settings
+    done, search_epochs = max(0, epoch - s.warmup_epochs), s.epochs - s.warmup_epochs
+    return s.tau0 * (s.tau_end / s.tau0) ** (done / max(1, search_epochs - 1))
 
 
 def short(space: Space) -> str:
@@ -161,188 +164,108 @@ def elite_space(theta: Theta, generator: torch.Generator, n: int, target: float,
 # The searcher: weight steps, Θ steps, epochs
 # --------------------------------------------------------------------------------------------
 
-class OneProcess:
-    """What a search shares with other processes when it runs alone: nothing. Under torchrun the command
-    lines pass the ``distributed`` module instead, which has the same four functions."""
-
-    shard = staticmethod(lambda batch: batch)                       # this process's share of a global batch
-    average_grads = staticmethod(lambda params: None)               # averaged over the processes
-    mean = staticmethod(lambda value, device: float(value))         # a scalar averaged over the processes
-    batch_stats_reduce = staticmethod(lambda: None)                 # a sum over the processes, for global-batch BN
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class Searcher:
-    """The alternating optimisation of Eq. 3–5 over any ``Options`` (NSS ranges or NAS values). ``parallel``:
-    ``OneProcess`` alone, or the ``distributed`` module under torchrun (the same draws everywhere, a share of
-    each batch per process, averaged gradients)."""
+    """The alternating optimisation of Eq. 3–5 over any ``Options`` (NSS ranges or NAS values), on a weight-sharing
+    ``supernet`` (built from ``settings.seed`` by default; none when ``settings.task_loss`` is off: Θ then learns
+    from the FLOPs loss alone, and the batches are ``None``). ``average_grads(params)``, if given, runs after
+    every backward pass (several processes: it averages the gradients, so the replicas stay identical)."""
 
-    def __init__(self, settings: SearchSettings, ess: ExpandedSearchSpace, options: Options, device: torch.device,
-                 amp: bool = False, progress: bool = False, parallel=OneProcess):
-        self.settings, self.ess, self.options, self.device = settings, ess, options, device
-        self.amp = amp and device.type == "cuda"       # bf16 autocast and channels_last
-        self.progress, self.parallel = progress, parallel
-        torch.manual_seed(settings.seed)
-        self.theta = Theta(options)
-        self.moments = OptionMoments.of(options)
+    def __init__(self, settings: SearchSettings, ess: ExpandedSearchSpace, options: Options, *,
+                 supernet: SuperNet | None = None, device: torch.device | str | None = None, amp: bool = False,
+                 average_grads: Callable | None = None):
+        check_settings(settings)
+        self.settings, self.ess, self.options = settings, ess, options
+        self.device = torch.device(device) if device is not None else (
+            next(supernet.parameters()).device if supernet is not None else default_device())
+        self.amp = amp and self.device.type == "cuda"          # bf16 autocast and channels_last
+        self.theta, self.moments = Theta(options), OptionMoments.of(options)
         self.arch_opt = torch.optim.Adam(self.theta.parameters(), lr=settings.arch_lr,
                                          weight_decay=settings.arch_weight_decay)
-        self.gen = torch.Generator().manual_seed(settings.seed)          # spaces, archs, Gumbel noise
-        self.data_gen = data_mod.make_generator(device, settings.seed + 1)  # shuffling and augmentation
-        self.supernet = None
-        if settings.task_loss:   # with the FLOPs loss alone, Θ never needs the supernet
-            self.supernet = SuperNet(ess).to(device)
-            if self.amp:
-                self.supernet = self.supernet.to(memory_format=torch.channels_last)
-            self.weight_opt = settings.sgd(self.supernet.parameters())
-            self.supernet.batch_stats_reduce = parallel.batch_stats_reduce()   # global-batch BN under torchrun
-        self.epoch, self.step, self.history, self.seconds, self.suspect = 0, 0, [], 0.0, False
-        self.executed_flops: list[int] = []     # per Θ step of the current epoch
+        self.gen = torch.Generator().manual_seed(settings.seed)          # spaces, archs, Gumbel noise, values
+        if supernet is None and settings.task_loss:
+            supernet = SuperNet(ess, seed=settings.seed).to(self.device)
+            supernet = supernet.to(memory_format=torch.channels_last) if self.amp else supernet
+        self.supernet = supernet
+        self.weight_opt = settings.sgd(supernet.parameters()) if supernet is not None else None
+        self.average_grads = average_grads or (lambda params: None)
+        self.epoch, self.step, self.history = 0, 0, []
 
-    # ---- one step each ------------------------------------------------------------------
-    def weight_step(self, x: torch.Tensor, y: torch.Tensor, lr: float, uniform: bool) -> torch.Tensor:
-        """𝒜 ~ P_Θ (uniform in warmup), a ~ U(𝒜), sliced forward, CE, one SGD step (Eq. 3). Under torchrun
-        every process draws the same 𝒜 and a, runs its share of the batch and averages the gradients."""
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor, lr: float, uniform: bool = False) -> torch.Tensor:
+        """𝒜 ~ P_Θ (uniform in the warmup), a ~ U(𝒜), the sliced forward, CE and one SGD step (Eq. 3)."""
         arch = self.theta.sample(self.gen, uniform=uniform).sample(self.gen)
-        p = self.parallel
-        return train_step(lambda inp: self.supernet(inp, arch), self.weight_opt, p.shard(x), p.shard(y), lr,
-                          self.amp, sync=lambda: p.average_grads(self.supernet.parameters()))
+        return train_step(lambda inp: self.supernet(inp, arch), self.weight_opt, x, y, lr, self.amp,
+                          sync=lambda: self.average_grads(self.supernet.parameters()))
 
-    def theta_step(self, x: torch.Tensor | None, y: torch.Tensor | None, tau: float, target: float,
-                   lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gumbel-softmax g, masked forward, CE + λ·|F(g)/target − 1| (Eq. 5), one Adam step on Θ.
-
-        The FLOPs term averages ``flops_samples`` Gumbel draws (it is analytic and cheap); the
-        first draw also weights the masked forward. Only Θ's gradients are computed. The FLOPs the
-        masked forward executed per image (options below ε cut away) go to ``executed_flops``.
-        """
-        g_d, g_w = self.theta.gumbel(tau, self.gen, m=self.settings.flops_samples)
-        flops = expected_flops(g_d, g_w, self.moments, self.ess)   # (m,): one F(g) per draw
-        flops_term = flops_loss(flops.float(), target).mean()
-        loss = lam * flops_term
-        task, executed = torch.zeros(()), 0
-        if self.supernet is not None:
-            depth_values, width_values = self.options.draw_values(self.gen)
-            plans = self.supernet.masked_plan([g[0] for g in g_d], [g[0] for g in g_w], depth_values, width_values,
-                                              self.settings.eps)
-            with autocast(self.device, self.amp):      # this process's share of the batch (all of it alone)
-                task = F.cross_entropy(self.supernet.run(self.parallel.shard(x), plans).float(),
-                                       self.parallel.shard(y))
-            loss = task + loss.to(task.device)
-            # the forward runs plan.depth blocks of plan.width channels per stage whatever the masks: its cost per image
+    def theta_step(self, x: torch.Tensor | None, y: torch.Tensor | None, tau: float):
+        """Gumbel-softmax g, masked forward, CE + λ·|F(g)/target − 1| (Eq. 5), one Adam step on Θ alone. The FLOPs
+        term averages ``flops_samples`` draws (analytic, cheap); the first also weights the masked forward. Returns
+        the CE, the FLOPs term and the FLOPs per image the forward ran (options below ε cut; None without a batch)."""
+        s = self.settings
+        g_d, g_w = self.theta.gumbel(tau, self.gen, m=s.flops_samples)
+        flops_term = flops_loss(expected_flops(g_d, g_w, self.moments, self.ess).float(), s.target).mean()
+        task, executed = torch.zeros(()), None
+        if x is not None:
+            plans = self.supernet.masked_plan([g[0] for g in g_d], [g[0] for g in g_w],
+                                              *self.options.draw_values(self.gen), s.eps)
+            with autocast(self.device, self.amp):
+                task = F.cross_entropy(self.supernet.run(x, plans).float(), y)
+            # the forward runs plan.depth blocks of plan.width channels per stage whatever the masks
             executed = arch_flops(Arch(tuple(p.depth for p in plans), tuple(p.width for p in plans)), self.ess)
-        self.executed_flops.append(executed)
+        loss = task + (s.lam * flops_term).to(task.device)
         params = list(self.theta.parameters())
         for p, g in zip(params, torch.autograd.grad(loss, params)):
             p.grad = g
-        self.parallel.average_grads(params)        # Θ stays identical on every process
+        self.average_grads(params)
         self.arch_opt.step()
-        if not all(bool(p.isfinite().all()) for p in params):      # Θ is on the host: no device sync
-            hint = f"--lr (now {self.settings.lr:g})" if not bool(task.isfinite()) else f"--arch-lr (now {self.settings.arch_lr:g})"
-            raise Diverged(f"training diverged: Θ is not finite after step {self.step}: lower {hint}")
-        return task.detach(), flops_term.detach()
+        return task.detach(), flops_term.detach(), executed
 
-    # ---- epochs -------------------------------------------------------------------------
-    def tau(self, epoch: int) -> float:
-        """τ_e = τ_0·r^e after e search epochs, FBNet's exponential decay, with r = (τ_end/τ_0)^(1/(E−1)) so that
-        the last of the E search epochs runs at τ_end (FBNet: τ_0 = 5, ×0.956 per epoch, ≈ 0.09 after 90 epochs)."""
+    def fit(self, train_batches: Iterable[Batch | None], val_batches: Iterable[Batch | None], until: int | None = None,
+            on_step: Callable | None = None, on_epoch: Callable | None = None) -> Searcher:
+        """Epochs up to ``until`` (default: all): weight steps on uniform spaces in the warmup (§4.1), then a weight
+        and a Θ step per iteration, min(len(train), len(val)) of them an epoch. Hooks: ``on_step(searcher, sums)``
+        (running sums of the weight, task and FLOPs losses), ``on_epoch(searcher, record)``. Stopped at
+        ``until=warmup_epochs``, the state does not depend on the target: several targets can go on from it."""
         s = self.settings
-        done, search_epochs = max(0, epoch - s.warmup_epochs), s.epochs - s.warmup_epochs
-        return s.tau0 * (s.tau_end / s.tau0) ** (done / max(1, search_epochs - 1))
-
-    def attach(self, data: data_mod.ImageData):
-        """Loaders over the seeded 50/50 split: the train half for weights, the val half for Θ (§4.1)."""
-        s = self.settings
-        halves = data_mod.search_split(len(data.train_y), s.seed)
-        self.loaders = [data_mod.Loader(data.train_x[i.to(self.device)], data.train_y[i.to(self.device)], data.mean,
-                                        data.std, min(s.batch_size, len(i)), self.data_gen, channels_last=self.amp)
-                        for i in halves]
-        self.steps = min(len(loader) for loader in self.loaders)
-        if self.steps == 0:
-            raise data_mod.DataError(f"too few images: {len(data.train_y)} training images cannot be split "
-                                     f"into two halves of a batch")
-
-    def fit(self, on_epoch: Callable[[Searcher, dict], None] | None = None, until: int | None = None):
-        """The search loop: epochs up to ``until`` (default ``settings.epochs``), from where a resumed state
-        stands; ``on_epoch(searcher, record)`` after each (the command lines save a checkpoint there).
-        ``until=warmup_epochs`` stops after the warmup, which does not depend on the target: several
-        targets can go on from one warmed-up state (``runs.run_searches``)."""
-        while self.epoch < min(self.settings.epochs, until if until is not None else self.settings.epochs):
-            record = self.train_epoch()
+        steps = min(len(train_batches), len(val_batches))
+        while self.epoch < min(s.epochs, until if until is not None else s.epochs):
+            warmup, tau, start = self.epoch < s.warmup_epochs, temperature(s, self.epoch), time.time()
+            sums, executed = [0.0, 0.0, 0.0], []
+            vals = iter(val_batches) if not warmup else itertools.repeat(None)
+            for _, train, val in zip(range(steps), train_batches, vals):
+                if train is not None:
+                    sums[0] = sums[0] + self.weight_step(*train, cosine_lr(s.lr, self.step, s.epochs * steps), warmup)
+                self.step += 1
+                if not warmup:
+                    task, term, ran = self.theta_step(*(val or (None, None)), tau)
+                    sums[1], sums[2] = sums[1] + task, sums[2] + term
+                    executed += [ran] if ran is not None else []
+                if on_step is not None:
+                    on_step(self, sums)
+            record = {"epoch": self.epoch + 1, "phase": "warmup" if warmup else "search",
+                      **{k: float(v) / steps for k, v in zip(("loss", "task_loss", "flops_loss"), sums)},
+                      "expected_flops": self.theta.expected_flops(self.ess), "tau": tau, "seconds": time.time() - start,
+                      "executed_flops": sum(executed) / len(executed) if executed else None,
+                      "most_likely": self.theta.most_likely().to_dict()}
+            self.history.append(record)
+            self.epoch += 1
             if on_epoch is not None:
                 on_epoch(self, record)
         return self
 
-    def train_epoch(self) -> dict:
-        """One epoch: weight steps only during warmup, then alternating weight and Θ steps."""
-        s, epoch, steps = self.settings, self.epoch, self.steps
-        train, val = self.loaders if s.task_loss else (None, None)
-        warmup, tau, start = epoch < s.warmup_epochs, self.tau(epoch), time.time()
-        self.executed_flops = []
-        sums = {"loss": 0.0, "task_loss": 0.0, "flops_loss": 0.0}
-        none = itertools.repeat((None, None))
-        train_batches = iter(train) if train is not None else none
-        val_batches = iter(val) if val is not None and not warmup else none
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{s.epochs} {'warmup' if warmup else 'search'}",
-                   leave=False, disable=not self.progress, dynamic_ncols=True)
-        for i in bar:
-            (xt, yt), (xv, yv) = next(train_batches), next(val_batches)
-            if self.supernet is not None:
-                sums["loss"] = sums["loss"] + self.weight_step(xt, yt, cosine_lr(s.lr, self.step, s.epochs * steps), warmup)
-            self.step += 1
-            if not warmup:
-                task, fl = self.theta_step(xv, yv, tau, s.target, s.lam)
-                sums["task_loss"] = sums["task_loss"] + task
-                sums["flops_loss"] = sums["flops_loss"] + fl
-            if self.progress and (i % 20 == 0 or i == steps - 1):
-                bar.set_postfix_str(self.status(tau, sums["loss"] / (i + 1)))
-        record = {"epoch": epoch + 1, "phase": "warmup" if warmup else "search",
-                  **{k: self.parallel.mean(v, self.device) / steps for k, v in sums.items()},
-                  "expected_flops": self.expected_flops(), "tau": tau, "seconds": time.time() - start,
-                  "executed_flops": (sum(self.executed_flops) / len(self.executed_flops)
-                                     if self.supernet is not None and self.executed_flops else None),
-                  "most_likely": self.theta.most_likely().to_dict()}
-        if self.supernet is not None:     # one host sync per epoch; Diverged leaves the last checkpoint alone
-            self.suspect = check_loss([h["loss"] for h in self.history] + [record["loss"]], self.ess.num_classes,
-                                      "the supernet's training loss", f"lower --lr (now {s.lr:g})")
-        self.history.append(record)
-        self.epoch, self.seconds = self.epoch + 1, self.seconds + record["seconds"]
-        return record
-
-    @torch.no_grad()
-    def expected_flops(self) -> float:
-        """E_{𝒜~P_Θ}[FLOPs(𝒜)], exactly (F evaluated at g = softmax(Θ), §3.4)."""
-        pd, pw = self.theta.probs()
-        return float(expected_flops(pd, pw, self.moments, self.ess))
-
-    def result(self) -> dict:
-        """What a finished search reports beside its selection: P_Θ, the history and the time."""
-        return {"probs": self.theta.probs_dict(), "history": self.history}
-
-    def describe(self, record: dict) -> str:
-        return (f"epoch {record['epoch']:3d}/{self.settings.epochs} {record['phase']:6s} loss {record['loss']:.3f} "
-                f"flops-loss {record['flops_loss']:.3f} E[FLOPs] {format_flops(record['expected_flops'])} "
-                f"τ {record['tau']:.2f} {record['seconds']:.1f}s")
-
-    def status(self, tau: float, loss) -> str:
-        loss = float(loss) if self.supernet is not None else float("nan")
-        return f"loss {loss:.3f} FLOPs {format_flops(self.expected_flops())} τ {tau:.2f} {short(self.theta.most_likely())}"
-
-    # ---- state, for checkpoints -----------------------------------------------------------
     def state_dict(self) -> dict:
-        state = {"epoch": self.epoch, "step": self.step, "history": self.history, "seconds": self.seconds,
-                 "theta": self.theta.state_dict(), "arch_opt": self.arch_opt.state_dict(),
-                 "gen": self.gen.get_state(), "data_gen": self.data_gen.get_state()}
-        if self.supernet is not None:
-            state |= {"supernet": self.supernet.state_dict(), "weight_opt": self.weight_opt.state_dict()}
-        return state
+        """Everything a search resumes from: Θ, the weights, both optimisers, the generator and the history."""
+        return {"epoch": self.epoch, "step": self.step, "history": self.history, "gen": self.gen.get_state(),
+                **{k: v.state_dict() for k, v in self._parts().items()}}
 
     def load_state_dict(self, state: dict):
-        self.theta.load_state_dict(state["theta"])
-        self.arch_opt.load_state_dict(state["arch_opt"])
+        for k, v in self._parts().items():
+            v.load_state_dict(state[k])
         self.gen.set_state(state["gen"])
-        self.data_gen.set_state(state["data_gen"])
-        if self.supernet is not None:
-            self.supernet.load_state_dict(state["supernet"])
-            self.weight_opt.load_state_dict(state["weight_opt"])
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.history, self.seconds = list(state["history"]), state["seconds"]
+        self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
+
+    def _parts(self) -> dict:
+        parts = {"theta": self.theta, "arch_opt": self.arch_opt, "supernet": self.supernet, "weight_opt": self.weight_opt}
+        return {k: v for k, v in parts.items() if v is not None}

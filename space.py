@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Iterator, Sequence
 
@@ -204,6 +205,21 @@ def _check_bounds(values: Sequence[int], upper: int, what: str, ess: ExpandedSea
             raise ValueError(f"{what} value {v} is outside 1..{upper}")
 
 
+def read_json(path, what: str) -> dict:
+    """The JSON object in the file ``path``; anything else (missing, unreadable, not UTF-8, not a JSON object) is a
+    one-line ValueError naming ``what`` ("the space file", say)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except ValueError:
+        raise ValueError(f"cannot read {what} {path}: it is not UTF-8 text") from None
+    try:
+        return _load_json(text, what)
+    except ValueError as e:
+        raise ValueError(f"{e} in {path}") from None
+
+
 def _load_json(text_or_dict, what: str) -> dict:
     if isinstance(text_or_dict, dict):
         return text_or_dict
@@ -254,6 +270,15 @@ class Arch:
         return json.dumps(self.to_dict())
 
     from_json = from_dict
+
+    @classmethod
+    def from_file(cls, path) -> Arch:
+        """The architecture of a JSON file: an architecture, or a result holding one under "arch" (a nas.json)."""
+        d = read_json(path, "the architecture file")
+        try:
+            return cls.from_dict(d["arch"] if isinstance(d.get("arch"), dict) else d)
+        except ValueError as e:
+            raise ValueError(f"malformed architecture JSON in {path}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -341,6 +366,15 @@ class Space:
         return json.dumps(self.to_dict())
 
     from_json = from_dict
+
+    @classmethod
+    def from_file(cls, path) -> Space:
+        """The space of a JSON file: a space, or an NSS result holding one under "elite_space" (a result.json)."""
+        d = read_json(path, "the space file")
+        try:
+            return cls.from_dict(d["elite_space"] if isinstance(d.get("elite_space"), dict) else d)
+        except ValueError as e:
+            raise ValueError(f"malformed space JSON in {path}: {e}") from None
 
 
 def uniform_in(ranges: Sequence[Range], generator: torch.Generator, n: int) -> torch.Tensor:

@@ -11,12 +11,8 @@
       mask Σ_k g^w_k·prefix_mask(w_k) scales every BN output, and the stage output is
       Σ_k g^d_k·(output after d_k blocks). Gradients reach the option weights g.
 * ``recalibrate_bn``: re-estimates BN statistics for one architecture (§4.2's evaluation).
-* Training a network, one step at a time (what the search, the evaluation supernet and training
-  from scratch share): ``SGDSettings`` (SGD with Nesterov momentum), ``train_step`` (one step on
-  one forward or several, the sandwich rule; bf16 ``autocast`` where asked), ``cosine_lr``, and the
-  divergence rule ``check_loss`` / ``Diverged``, applied once per epoch.
 
-Shortcut (a choice, README "Choices the paper leaves open"): the first block of every stage always has a 1×1 conv + BN
+Shortcut (a choice, see the README's choices): the first block of every stage always has a 1×1 conv + BN
 projection and all other blocks use the identity. pycls adds the projection only when the
 shapes differ; always having it keeps weight sharing uniform and FLOPs one polynomial.
 
@@ -24,8 +20,8 @@ Run ``python supernet.py`` for a short demo.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -106,9 +102,22 @@ def init_weights(model: nn.Module):
             nn.init.zeros_(m.bias)
 
 
-def build(arch: Arch, ess: ExpandedSearchSpace) -> Network:
-    """A standalone network for architecture a (§3.2), freshly initialised."""
-    return Network(arch, ess)
+@contextmanager
+def seeded(seed: int | None):
+    """Inside: torch's CPU generator seeded with ``seed``; afterwards: restored as it was (``None``: left as it
+    stands). Networks initialise from their own seed without touching the caller's random stream."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
+def build(arch: Arch, ess: ExpandedSearchSpace, seed: int | None = None) -> Network:
+    """A standalone network for architecture a (§3.2), freshly initialised (from ``seed``, if given)."""
+    with seeded(seed):
+        return Network(arch, ess)
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,30 +127,6 @@ def build(arch: Arch, ess: ExpandedSearchSpace) -> Network:
 def _conv(conv: nn.Conv2d, x: torch.Tensor, c_out: int) -> torch.Tensor:
     """``conv`` restricted to its first ``c_out`` filters and the input's channels."""
     return F.conv2d(x, conv.weight[:c_out, :x.shape[1]], None, conv.stride, conv.padding)
-
-
-def _bn(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None, reduce: Callable | None = None) -> torch.Tensor:
-    """``bn`` on the input's channels, as nn.BatchNorm2d would run; ``scale`` folds in the channel mask.
-
-    A channel mask m ≥ 0 multiplying BN's output is the same as multiplying γ and β by m,
-    so the FBNetV2 mask costs no extra pass over the activations. With ``reduce`` (several
-    processes, each holding a share of the batch), training-mode statistics are those of the
-    global batch (``_global_batch_norm``).
-    """
-    c = x.shape[1]
-    weight, bias = bn.weight[:c], bn.bias[:c]
-    if scale is not None:
-        weight, bias = weight * scale, bias * scale
-    momentum = bn.momentum
-    if momentum is None:                  # cumulative average, as nn.BatchNorm2d (costs a host sync)
-        momentum = 0.0
-        if bn.training and bn.track_running_stats:
-            bn.num_batches_tracked.add_(1)
-            momentum = 1.0 / float(bn.num_batches_tracked)
-    if reduce is not None and bn.training:
-        return _global_batch_norm(bn, x, weight, bias, momentum, reduce)
-    return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], weight, bias,
-                        bn.training, momentum, bn.eps)
 
 
 def _global_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -159,15 +144,6 @@ def _global_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor
         bn.running_var[:c].lerp_((var * count / (count - 1).clamp_min(1)).to(bn.running_var.dtype), momentum)
     gain = torch.rsqrt(var + bn.eps) * weight
     return ((xf - mean[:, None, None]) * gain[:, None, None] + bias[:, None, None]).to(x.dtype)
-
-
-def _block(block: BasicBlock, x: torch.Tensor, width: int, scale: torch.Tensor | None,
-           reduce: Callable | None = None) -> torch.Tensor:
-    """``BasicBlock.forward`` on the first ``width`` channels, every BN output scaled by ``scale``."""
-    shortcut = x if block.proj is None else _bn(block.proj_bn, _conv(block.proj, x, width), scale, reduce)
-    h = F.relu(_bn(block.bn1, _conv(block.conv1, x, width), scale, reduce))
-    # x is already masked (an earlier BN output), so the sum is masked exactly once
-    return F.relu(_bn(block.bn2, _conv(block.conv2, h, width), scale, reduce) + shortcut)
 
 
 @dataclass
@@ -188,10 +164,10 @@ class StagePlan:
 class SuperNet(nn.Module):
     """Weight-sharing supernet over an Expanded Search Space (§3.3): d_max blocks of w_max channels."""
 
-    def __init__(self, ess: ExpandedSearchSpace):
+    def __init__(self, ess: ExpandedSearchSpace, seed: int | None = None):
         super().__init__()
         self.ess = ess
-        largest = build(ess.largest_arch(), ess)   # same module names as every build(arch)
+        largest = build(ess.largest_arch(), ess, seed)   # same module names as every build(arch)
         self.stem, self.stages, self.head = largest.stem, largest.stages, largest.head
         # several processes training one supernet: sums a tensor over them, with autograd, for global-batch
         # BN statistics (``_global_batch_norm``); None in one process
@@ -232,14 +208,43 @@ class SuperNet(nn.Module):
             plans.append(StagePlan(depth, width, mask, {j: coeffs[j - 1] for j in sorted(set(dv)) if j <= depth}))
         return plans
 
+    def _bn(self, bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        """``bn`` on the input's channels, as nn.BatchNorm2d would run; ``scale`` folds in the channel mask.
+
+        A channel mask m ≥ 0 multiplying BN's output is the same as multiplying γ and β by m, so the
+        FBNetV2 mask costs no extra pass over the activations. With ``batch_stats_reduce`` set (several
+        processes, each holding a share of the batch), training-mode statistics are those of the global
+        batch (``_global_batch_norm``).
+        """
+        c = x.shape[1]
+        weight, bias = bn.weight[:c], bn.bias[:c]
+        if scale is not None:
+            weight, bias = weight * scale, bias * scale
+        momentum = bn.momentum
+        if momentum is None:                  # cumulative average, as nn.BatchNorm2d (costs a host sync)
+            momentum = 0.0
+            if bn.training and bn.track_running_stats:
+                bn.num_batches_tracked.add_(1)
+                momentum = 1.0 / float(bn.num_batches_tracked)
+        if self.batch_stats_reduce is not None and bn.training:
+            return _global_batch_norm(bn, x, weight, bias, momentum, self.batch_stats_reduce)
+        return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], weight, bias, bn.training, momentum, bn.eps)
+
+    def _block(self, block: BasicBlock, x: torch.Tensor, width: int, scale: torch.Tensor | None) -> torch.Tensor:
+        """``BasicBlock.forward`` on the first ``width`` channels, every BN output scaled by ``scale``."""
+        shortcut = x if block.proj is None else self._bn(block.proj_bn, _conv(block.proj, x, width), scale)
+        h = F.relu(self._bn(block.bn1, _conv(block.conv1, x, width), scale))
+        # x is already masked (an earlier BN output), so the sum is masked exactly once
+        return F.relu(self._bn(block.bn2, _conv(block.conv2, h, width), scale) + shortcut)
+
     def run(self, x: torch.Tensor, plans: Sequence[StagePlan]) -> torch.Tensor:
         """Forward through the stem, the planned stages and the head."""
-        reduce = self.batch_stats_reduce
-        x = self.stem(x) if reduce is None else F.relu(_bn(self.stem.bn, self.stem.conv(x), None, reduce))
+        reduce = self.batch_stats_reduce      # nn.BatchNorm2d's own forward in one process
+        x = self.stem(x) if reduce is None else F.relu(self._bn(self.stem.bn, self.stem.conv(x), None))
         for stage, plan in zip(self.stages, plans):             # x: (B, w_0, H, W)
             mixed = None
             for j in range(plan.depth):
-                x = _block(stage[j], x, plan.width, plan.mask, reduce)  # (B, width, H_i, W_i)
+                x = self._block(stage[j], x, plan.width, plan.mask)  # (B, width, H_i, W_i)
                 if plan.coeffs is not None and j + 1 in plan.coeffs:
                     term = plan.coeffs[j + 1] * x
                     mixed = term if mixed is None else mixed + term
@@ -302,76 +307,6 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, arch: Arch | None = N
 # --------------------------------------------------------------------------------------------
 # Demo
 # --------------------------------------------------------------------------------------------
-
-# --------------------------------------------------------------------------------------------
-# Training a network, one step at a time: what the search (``search.py``), the evaluation supernet
-# (``evaluate.py``) and training from scratch (``scratch.py``) share
-# --------------------------------------------------------------------------------------------
-
-def setting(default, help: str):
-    """A settings field with its description (a command line shows it as the flag's help)."""
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class SGDSettings:
-    """SGD with Nesterov momentum: the optimiser of every weight update (search, evaluation, from scratch)."""
-
-    lr: float = setting(0.05, "peak SGD learning rate")
-    momentum: float = setting(0.9, "SGD Nesterov momentum")
-    weight_decay: float = setting(5e-4, "SGD weight decay")
-
-    def sgd(self, params) -> torch.optim.SGD:
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=self.momentum > 0,
-                               weight_decay=self.weight_decay)
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast where asked for (CUDA runs); a no-op context otherwise."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def train_step(forwards: Callable | Sequence[Callable], optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor, lr: float, amp: bool = False, label_smoothing: float = 0.0,
-               sync: Callable[[], None] | None = None) -> torch.Tensor:
-    """One SGD step at learning rate ``lr`` on the cross-entropy of one forward, or the sum over several
-    (the sandwich rule); returns the mean loss without a host sync. ``sync`` runs between the backward
-    passes and the step (several processes: it averages the gradients)."""
-    forwards = [forwards] if callable(forwards) else list(forwards)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.zero_grad(set_to_none=True)
-    total = torch.zeros((), device=x.device)
-    for forward in forwards:          # backward one graph at a time: the memory of a single forward
-        with autocast(x.device, amp):
-            loss = F.cross_entropy(forward(x).float(), y, label_smoothing=label_smoothing)
-        loss.backward()
-        total += loss.detach()
-    if sync is not None:
-        sync()
-    optimizer.step()
-    return total / len(forwards)
-
-
-def cosine_lr(base: float, step: int, total: int, warmup: int = 0) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine decay from ``base`` to 0 at step ``total``."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return 0.5 * base * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / max(1, total - warmup)))
-
-
-class Diverged(Exception):
-    """Training diverged; the message is one line: what diverged, and which setting to change."""
-
-
-def check_loss(losses: Sequence[float], num_classes: int, what: str, hint: str, far: float = 3.0) -> bool:
-    """Diverged if the last epoch mean loss is not finite or the last two exceed far·ln C; else if the last does."""
-    chance, last = math.log(max(2, num_classes)), losses[-1]
-    if not math.isfinite(last) or (len(losses) > 1 and min(losses[-2:]) > far * chance):
-        raise Diverged(f"training diverged: {what} is {last:.3g} in epoch {len(losses)} (chance is "
-                       f"ln({num_classes}) = {chance:.2f}): {hint}")
-    return last > far * chance
-
 
 if __name__ == "__main__":
     from torch.utils.flop_counter import FlopCounterMode

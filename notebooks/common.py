@@ -1,20 +1,11 @@
 """What every notebook starts with: the project's modules on the path and the settings the environment gives.
 
-    from common import settings, REDUCED
+    from common import settings, by_scale, REDUCED
     SCALE, DEVICE, DATASET, DATA_DIR, OUT, FIGURES = settings()
+    TARGETS = by_scale(smoke=[3e6, 6e6], gpu=[6e8, 4e9], paper=[6e8, 1.6e9, 4e9])
 
 The notebooks live one folder below the flat modules; importing this file puts that folder on
-``sys.path``. Each notebook then picks its own sizes for the scale (``NSS_SCALE``):
-
-* ``smoke`` (the default): a reduced space and synthetic data on the CPU, in about a minute; what the
-  tests run. It checks that the pipeline runs, not the paper's claims.
-* ``gpu``: the full Expanded Search Space on CIFAR-10/100 (or an image-folder copy), with shortened
-  schedules, fewer targets and fewer sampled architectures, so that each notebook takes at most 10
-  minutes of one H100 by the cost model (``costs.py``) that its parameters cell prints.
-* ``paper``: the paper's settings wherever one GPU can run them (six targets, 1000 architectures,
-  three seeds of [4]'s 200-epoch recipe), however long that takes: hours.
-
-``python notebooks/render.py --estimate --scale gpu`` prints every notebook's cost breakdown.
+``sys.path``. The README's section on the notebooks describes the scales (``NSS_SCALE``).
 """
 from __future__ import annotations
 
@@ -29,13 +20,12 @@ if str(ROOT) not in sys.path:
 
 from space import REDUCED  # noqa: E402  (the reduced space of the smoke scale)
 
-__all__ = ["REDUCED", "SCALES", "Settings", "settings"]
+__all__ = ["REDUCED", "SCALES", "Settings", "by_scale", "settings"]
 SCALES = ("smoke", "gpu", "paper")
 
 
 class Settings(NamedTuple):
-    scale: str       # NSS_SCALE: "smoke" (reduced space, synthetic data, CPU: the tests) | "gpu" (full space, CIFAR,
-                     # ≤ 10 minutes of one H100 by the cost model) | "paper" (the paper's settings, hours)
+    scale: str       # NSS_SCALE: one of SCALES
     device: str      # NSS_DEVICE: auto | cpu | cuda | cuda:N
     dataset: str     # NSS_DATASET: cifar10 | cifar100 | folder (an image-folder copy such as the CIFAR-10 JPEG one)
     data_dir: str    # NSS_DATA_DIR
@@ -51,3 +41,12 @@ def settings() -> Settings:
     return Settings(scale=scale, device=os.environ.get("NSS_DEVICE", "auto"),
                     dataset=os.environ.get("NSS_DATASET", "cifar10"), data_dir=os.environ.get("NSS_DATA_DIR", "../data"),
                     out=os.environ.get("NSS_OUT", "runs"), figures=os.environ.get("NSS_FIGURES", "figures"))
+
+
+def by_scale(**values):
+    """The value given for the current NSS_SCALE: ``by_scale(smoke=…, gpu=…, paper=…)``."""
+    scale = settings().scale
+    missing = [s for s in SCALES if s not in values]
+    if missing:
+        raise ValueError(f"by_scale needs a value for every scale; missing: {', '.join(missing)}")
+    return values[scale]

@@ -1,27 +1,19 @@
 """Execute the notebooks, with Jupyter or, where Jupyter is not installed, in one plain Python process.
 
     python notebooks/render.py                          # every notebook at smoke scale, with a Jupyter kernel
-    python notebooks/render.py --scale gpu 02           # one notebook at GPU scale
+    python notebooks/render.py --scale cpu 02           # one notebook at another scale
     python notebooks/render.py --plain --scale gpu 02   # no Jupyter: the code cells in order, in this process
-    python notebooks/render.py --estimate --scale gpu   # every notebook's GPU time at that scale, nothing run
 
 With a kernel, executed copies go to notebooks/executed/ (ignored by git); the committed notebooks
 stay without outputs, so that their diffs stay readable. ``--plain`` needs only the project's own
-requirements (torch, numpy, matplotlib, tqdm): it reads the notebook as JSON, runs its code cells
-top to bottom in one namespace with matplotlib's Agg backend, and writes to ``--out``/<notebook>/
-the figures and ``findings.json``, the numbers that the notebook's "what we see" cell reports (its
-``FINDINGS`` dict). ``--estimate`` runs only each notebook's parameters cells (its code cells up to
-and including the one that sets ``GPU_MINUTES``), which print the cost model's breakdown of the
-selected scale (``costs.py``) without loading data; it needs no GPU and no Jupyter either.
-
-Scales (``NSS_SCALE``): ``smoke`` (a reduced space and synthetic data on the CPU, what the tests
-run), ``gpu`` (the full space on CIFAR with shortened schedules, each notebook within 10 minutes of
-one H100 by the cost model) and ``paper`` (the paper's settings, hours).
+requirements: it reads the notebook as JSON, runs its code cells top to bottom in one namespace with
+matplotlib's Agg backend, and writes to ``--out``/<notebook>/ the figures and ``findings.json``, the
+numbers that the notebook's "what we see" cell reports (its ``FINDINGS`` dict). Either way each cell's
+number and time are printed as it finishes. The scales (``NSS_SCALE``) are described in the README.
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import sys
@@ -30,7 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCALES = ("smoke", "gpu", "paper")
+sys.path.insert(0, str(HERE))
+from common import SCALES  # noqa: E402
 
 
 def notebooks(selected: list[str] | None = None) -> list[Path]:
@@ -64,20 +57,17 @@ def execute(path: Path, scale: str = "smoke", timeout: int = 3600, env: dict | N
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    started = {}
+    report = lambda cell, cell_index, **_: print(f"{path.stem}: code cell {code.index(cell_index) + 1}/{len(code)} done "
+                                                 f"in {time.time() - started.pop(cell_index, time.time()):.0f}s",
+                                                 file=sys.stderr, flush=True)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
+                            on_cell_start=lambda cell, cell_index, **_: started.__setitem__(cell_index, time.time()),
+                            on_cell_executed=report)
     with environment(scale, env):
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        client.execute()
     return nb
-
-
-def parameter_cells(path: Path) -> list[str]:
-    """A notebook's first code cells, up to and including the one that assigns ``GPU_MINUTES``: its settings
-    and their cost estimate, which load no data and do no heavy work."""
-    cells = code_cells(path)
-    for i, source in enumerate(cells):
-        if any(isinstance(n, ast.Name) and n.id == "GPU_MINUTES" and isinstance(n.ctx, ast.Store)
-               for n in ast.walk(ast.parse(source))):
-            return cells[:i + 1]
-    raise ValueError(f"{path.name}: no code cell sets GPU_MINUTES")
 
 
 def run_cells(path: Path, cells: list[str], scale: str, env: dict | None = None) -> dict:
@@ -90,16 +80,14 @@ def run_cells(path: Path, cells: list[str], scale: str, env: dict | None = None)
         with environment(scale, env):
             os.chdir(path.parent)
             for i, source in enumerate(cells):
+                start = time.time()
                 exec(compile(source, f"{path.name}, code cell {i + 1}", "exec"), namespace)
+                print(f"{path.stem}: code cell {i + 1}/{len(cells)} done in {time.time() - start:.0f}s", file=sys.stderr,
+                      flush=True)
     finally:
         os.chdir(cwd)
         sys.path.remove(str(path.parent))
     return namespace
-
-
-def estimate(path: Path, scale: str = "gpu", env: dict | None = None) -> float:
-    """Run only the notebook's parameter cells (they print the cost model's breakdown); its ``GPU_MINUTES``."""
-    return float(run_cells(path, parameter_cells(path), scale, env)["GPU_MINUTES"])
 
 
 def execute_plain(path: Path, out: Path, scale: str = "smoke", env: dict | None = None) -> dict:
@@ -124,35 +112,17 @@ def execute_plain(path: Path, out: Path, scale: str = "smoke", env: dict | None 
     return findings
 
 
-def print_estimates(selected: list[Path], scale: str) -> int:
-    """Each notebook's cost breakdown at ``scale`` (printed by its parameters cells), then the totals."""
-    totals = {}
-    for path in selected:
-        print(f"=== {path.stem} ({scale} scale)", flush=True)
-        totals[path.stem] = estimate(path, scale)
-        print(flush=True)
-    print(f"=== GPU minutes at {scale} scale")
-    for name, minutes in totals.items():
-        print(f"  {name:<30s} {minutes:8.1f} min")
-    print(f"  {'all notebooks':<30s} {sum(totals.values()):8.1f} min")
-    return 0
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="notebook name prefixes, e.g. 01 03 (default: all)")
     parser.add_argument("--scale", choices=SCALES, default="smoke")
     parser.add_argument("--plain", action="store_true", help="run without Jupyter, in this Python process")
-    parser.add_argument("--estimate", action="store_true", help="run only the parameters cells and print the "
-                                                                "GPU time the cost model gives each notebook")
     parser.add_argument("--out", default=None, help="output folder (default: notebooks/executed, or "
                                                     "notebooks/plain-<scale> with --plain)")
     args = parser.parse_args(argv)
     selected = notebooks(args.names)
     if not selected:
         parser.error(f"no notebook matches {' '.join(args.names)}")
-    if args.estimate:
-        return print_estimates(selected, args.scale)
     out = Path(args.out or HERE / ("executed" if not args.plain else f"plain-{args.scale}"))
     out.mkdir(parents=True, exist_ok=True)
     for path in selected:

@@ -1,15 +1,14 @@
-"""One process of a test launched as torchrun would launch it (RANK, WORLD_SIZE, MASTER_ADDR, …).
+"""One process of the several-process test, started by torchrun (or, for the one-process reference, imported).
 
-    python tests/dist_worker.py <job> <out folder> [args…]
+    torchrun --nproc_per_node 2 tests/dist_worker.py <out folder> <supernet.pt>
 
-Jobs: ``steps`` records, after every weight and Θ step of a tiny NSS search, digests of Θ, the
-weights, the BN buffers and the sampled architecture (to <out>/steps-rank<R>.json); ``cli`` runs a
-command line (nss.py, evaluate.py) in this process, as torchrun would; ``interrupt-after <epoch>``
-runs nss.py's command line with a Ctrl-C after that epoch.
+In one launch it runs, in order: a tiny NSS search that records digests of Θ, the weights, the BN buffers and
+the sampled architecture after every weight and Θ step (``steps``); a search interrupted by Ctrl-C after its
+second epoch and resumed, beside the same search uninterrupted (``kill_and_resume``); scoring and from-scratch
+training, which the processes split (``score_and_scratch``). What each rank saw goes to <out>/rank<R>.json.
 """
 import hashlib
 import json
-import runpy
 import sys
 from pathlib import Path
 
@@ -19,6 +18,14 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import distributed  # noqa: E402
+import evaluate as ev  # noqa: E402
+import nss  # noqa: E402
+import runs  # noqa: E402
+import search  # noqa: E402
+from space import REDUCED, Arch  # noqa: E402
+
+TINY = ["--dataset", "synthetic", "--d-max", "4", "--w-max", "16", "--d-step", "2", "--w-step", "4",
+        "--no-progress", "--device", "cpu"]
 
 
 def digest(tensors) -> str:
@@ -28,11 +35,8 @@ def digest(tensors) -> str:
     return h.hexdigest()[:16]
 
 
-def steps(out: Path, batch_size: str):
-    import search
-    import nss
-    from space import REDUCED
-    distributed.init()
+def steps(out: Path) -> dict:
+    """A tiny NSS search at global batch 32, recording every step."""
     records = []
     weight_step, theta_step = search.Searcher.weight_step, search.Searcher.theta_step
 
@@ -42,7 +46,7 @@ def steps(out: Path, batch_size: str):
                         "theta_values": [p.tolist() for p in s.theta.parameters()],
                         "weights": digest(s.supernet.parameters()), "bn": digest(buffers), **extra})
 
-    def logged_weight_step(s, x, y, lr, uniform):
+    def logged_weight_step(s, x, y, lr, uniform=False):
         state = s.gen.get_state()
         loss = weight_step(s, x, y, lr, uniform)
         s.gen.set_state(state)               # draw the same architecture again, to record it
@@ -52,42 +56,57 @@ def steps(out: Path, batch_size: str):
 
     def logged_theta_step(s, *args):
         out_ = theta_step(s, *args)
-        record(s, "theta", {"executed": s.executed_flops[-1]})
+        record(s, "theta", {"executed": out_[2]})
         return out_
     search.Searcher.weight_step, search.Searcher.theta_step = logged_weight_step, logged_theta_step
-    cfg = nss.NSSConfig(dataset="synthetic", synthetic_size=256, **REDUCED, target=6e6, epochs=3, warmup_epochs=1,
-                        batch_size=int(batch_size), progress=False, out=str(out), name="steps", device="cpu")
-    result = nss.run(cfg)
-    (out / f"steps-rank{distributed.rank()}.json").write_text(json.dumps({"records": records, "result": result}))
+    try:
+        cfg = nss.NSSConfig(dataset="synthetic", synthetic_size=256, **REDUCED, target=6e6, epochs=3, warmup_epochs=1,
+                            batch_size=32, progress=False, out=str(out), name="steps", device="cpu")
+        result = nss.run(cfg)
+    finally:
+        search.Searcher.weight_step, search.Searcher.theta_step = weight_step, theta_step
+    return {"records": records, "result": result}
+
+
+def kill_and_resume(out: Path) -> dict:
+    """The same search whole, and interrupted after epoch 2 (as torchrun passes Ctrl-C to every rank), then resumed."""
+    argv = ["--quick", *TINY, "--epochs", "3", "--warmup-epochs", "1", "--batch-size", "32", "--synthetic-size", "128",
+            "--out", str(out)]
+    whole = nss.run(runs.parse_config(nss.NSSConfig, [*argv, "--name", "whole"]))
+
+    def interrupt(searcher, record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+    try:
+        nss.run(runs.parse_config(nss.NSSConfig, [*argv, "--name", "cut"]), callback=interrupt)
+        interrupted = ""
+    except KeyboardInterrupt as e:
+        interrupted = str(e) or type(e).__name__
+    epoch = torch.load(out / "cut" / "checkpoint.pt", weights_only=True)["epoch"] if distributed.is_main() else None
+    resumed = nss.run(runs.parse_config(nss.NSSConfig, [*argv, "--name", "cut", "--resume"]))
+    return {"whole": whole, "interrupted": interrupted, "epoch_kept": epoch, "resumed": resumed}
+
+
+def score_and_scratch(out: Path, supernet: str, world: int) -> dict:
+    """Scoring and from-scratch seeds, split over the processes."""
+    same = [*TINY, "--synthetic-size", "400", "--out", str(out)]
+    score = ev.run_score(runs.parse_config(ev.ScoreConfig, [*same, "--supernet", supernet, "--n", "7", "--calib-images",
+                                                            "100", "--test-images", "100", "--name", f"score-{world}"]))
+    arch = json.dumps(Arch((1, 2, 1), (4, 8, 8)).to_dict())
+    scratch = ev.run_scratch(runs.parse_config(ev.ScratchConfig, [*same, "--arch", arch, "--recipe", "fast", "--seeds", "3",
+                                                                  "--epochs", "1", "--batch-size", "64",
+                                                                  "--name", f"scratch-{world}"]))
+    return {"score": score, "scratch": scratch}
+
+
+def main(out: Path, supernet: str):
+    torch.set_num_threads(1)
+    assert distributed.init()
+    seen = {"world": distributed.world(), "steps": steps(out / "two"), **kill_and_resume(out / "two"),
+            **score_and_scratch(out, supernet, distributed.world())}
+    (out / f"rank{distributed.rank()}.json").write_text(json.dumps(seen, default=str))
     distributed.close()
 
 
-def interrupt_after(epoch: str, script: str, *args):
-    """nss.py's command line, with Ctrl-C arriving after epoch ``epoch`` (as torchrun passes it to every rank)."""
-    import nss
-    import runs
-
-    def main(argv):
-        def interrupt(searcher, record):
-            if record["epoch"] == int(epoch):
-                raise KeyboardInterrupt
-        nss.run(runs.parse_config(nss.NSSConfig, argv), callback=interrupt)
-        return 0
-    sys.argv = [str(ROOT / script), *args]
-    runs.cli(main)
-
-
-def cli(script: str, *args):
-    sys.argv = [str(ROOT / script), *args]
-    runpy.run_path(str(ROOT / script), run_name="__main__")
-
-
 if __name__ == "__main__":
-    torch.set_num_threads(1)
-    job, rest = sys.argv[1], sys.argv[2:]
-    if job == "steps":
-        steps(Path(rest[0]), rest[1])
-    elif job == "cli":
-        cli(*rest)
-    elif job == "interrupt-after":
-        interrupt_after(*rest)
+    main(Path(sys.argv[1]), sys.argv[2])

@@ -26,7 +26,7 @@ COMMON = dict(dataset="synthetic", synthetic_size=2000, **REDUCED, device="cpu",
 def toy(tmp_path_factory):
     """A toy evaluation supernet trained for a few epochs on synthetic data."""
     out = tmp_path_factory.mktemp("evalnet")
-    data = runs.load_data(runs.RunSettings(**COMMON), ESS)
+    data = data_mod.load_for(runs.RunSettings(**COMMON), ESS, 'cpu')
     supernet, result = ev.train_supernet(ev.SupernetConfig(**COMMON, out=str(out), epochs=5, batch_size=64, lr=0.1), data)
     return supernet.eval(), data, result, out
 
@@ -157,9 +157,9 @@ def test_cli_rejects_a_corrupt_supernet_file(tmp_path, cli_here):
 # ---- divergence, bad side files ------------------------------------------------------------------
 
 def test_supernet_and_scratch_training_stop_when_they_diverge(tmp_path):
-    from supernet import Diverged
+    from train import Diverged
     small = {**COMMON, "synthetic_size": 256}
-    data = runs.load_data(runs.RunSettings(**small), ESS)
+    data = data_mod.load_for(runs.RunSettings(**small), ESS, 'cpu')
     with pytest.raises(Diverged, match="supernet's training loss .* lower --lr \\(now 1e\\+30\\)"):
         ev.train_supernet(ev.SupernetConfig(**small, out=str(tmp_path), epochs=3, batch_size=64, lr=1e30), data)
     cfg = ev.ScratchConfig(**small, out=str(tmp_path), seeds=1, epochs=3, batch_size=64, lr=1e30)
@@ -176,12 +176,13 @@ def test_table_skips_a_corrupt_or_foreign_nas_json_with_one_line(tmp_path, capsy
         (tmp_path / name).mkdir()
         path = tmp_path / name / "nas.json"
         path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
-    (tmp_path / "good" / "scratch.json").write_text("[1, 2")
+    (tmp_path / "good" / "scratch").mkdir()
+    (tmp_path / "good" / "scratch" / "scratch.json").write_text("[1, 2")
     markdown = ev.run_table(ev.TableConfig(runs=str(tmp_path), out=str(tmp_path / "table1")))
     assert "CX 4MF" in markdown
     warnings = capsys.readouterr().err.strip().splitlines()
     assert len(warnings) == 4 and all(w.startswith("warning: skipping ") for w in warnings)
-    for name in ("binary/nas.json", "corrupt/nas.json", "foreign/nas.json", "good/scratch.json"):
+    for name in ("binary/nas.json", "corrupt/nas.json", "foreign/nas.json", "good/scratch/scratch.json"):
         assert sum(name in w for w in warnings) == 1, (name, warnings)
 
 

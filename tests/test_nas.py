@@ -5,9 +5,12 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import data as data_mod
 import torch
 
 import nas
+import runs
 from search import SearchSettings, Searcher
 from flops import arch_flops, space_flops
 from space import REDUCED, Arch, ExpandedSearchSpace, Options, Space
@@ -108,7 +111,7 @@ def test_until_within_keeps_the_closest_sample_when_none_gets_within_the_toleran
     ess = ExpandedSearchSpace.reduced()
     space = ess.full_space()
     settings = SearchSettings(target=5e6, task_loss=False)
-    searcher = Searcher(settings, ess, Options.nas(space), torch.device("cpu"))
+    searcher = Searcher(settings, ess, Options.nas(space), device="cpu")
     result = nas.sample_final(searcher, "until-within", n=5, max_samples=30, tolerance=1e-9)
     devs = [abs(f / 5e6 - 1) for f in result["sampled_flops"]]
     assert result["samples"] == 30 and not result["within"]
@@ -121,4 +124,4 @@ def test_a_space_file_that_is_not_utf8_is_one_line(tmp_path):
     from runs import RunError
     (tmp_path / "space.json").write_bytes(b"\xff\xfe{\x00")
     with pytest.raises(RunError, match="not UTF-8"):
-        nas.load_space(str(tmp_path / "space.json"), ExpandedSearchSpace.reduced())
+        runs.load_space(str(tmp_path / "space.json"), ExpandedSearchSpace.reduced())

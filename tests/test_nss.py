@@ -12,7 +12,7 @@ import data as data_mod
 import nss
 import runs
 import search
-import supernet
+import train
 from flops import arch_flops, space_flops
 from space import REDUCED, ExpandedSearchSpace, Options, Space
 
@@ -229,13 +229,13 @@ def test_no_flags_means_the_paper_setting():
 # ---- 5. the Θ step is masked and differentiable ----------------------------------------------
 
 def test_theta_step_task_gradient_reaches_alpha_and_beta():
-    settings = search.SearchSettings(target=6e6, batch_size=32)
+    settings = search.SearchSettings(target=6e6, batch_size=32, lam=0.0)   # λ = 0: the gradient is the task loss's alone
     ess = ExpandedSearchSpace.reduced()
-    searcher = search.Searcher(settings, ess, Options.nss(ess), torch.device("cpu"))
+    searcher = search.Searcher(settings, ess, Options.nss(ess), device="cpu")
     d = data_mod.load("synthetic", synthetic_train=64, synthetic_test=8)
     x, y = data_mod.normalize(d.train_x[:32], d.mean, d.std), d.train_y[:32]
     before = [p.detach().clone() for p in searcher.theta.parameters()]
-    searcher.theta_step(x, y, tau=5.0, target=6e6, lam=0.0)     # λ = 0: the gradient is the task loss's alone
+    searcher.theta_step(x, y, tau=5.0)
     for p, b in zip(searcher.theta.parameters(), before):
         assert torch.all(b == 0)                      # from uniform logits
         assert p.grad is not None and p.grad.abs().max() > 0
@@ -257,19 +257,18 @@ def test_temperature_anneals_to_tau_end_and_the_masked_forward_shrinks(tmp_path)
     assert executed[0] > 0.5 * arch_flops(largest, ExpandedSearchSpace.reduced())   # τ = 5: nearly every option runs
     assert executed[-1] < 0.5 * executed[0], executed                                # τ = 0.1: a few options remain
     settings = search.SearchSettings(epochs=30, warmup_epochs=10)
-    searcher = search.Searcher(settings, ExpandedSearchSpace.reduced(), Options.nss(ExpandedSearchSpace.reduced()),
-                               torch.device("cpu"))
-    assert searcher.tau(10) == 5.0 and searcher.tau(29) == pytest.approx(0.1)
-    assert searcher.tau(20) == pytest.approx(5 * (0.1 / 5) ** (10 / 19))
+    tau = lambda epoch: search.temperature(settings, epoch)
+    assert tau(0) == tau(10) == 5.0 and tau(29) == pytest.approx(0.1)
+    assert tau(20) == pytest.approx(5 * (0.1 / 5) ** (10 / 19))
     with pytest.raises(runs.RunError, match="tau-end"):
         runs.parse_config(nss.NSSConfig, ["--tau-end", "6"])
 
 
 def test_learning_rate_schedule():
-    assert [round(supernet.cosine_lr(1.0, s, 10), 6) for s in (0, 5, 10, 12)] == [1.0, 0.5, 0.0, 0.0]
+    assert [round(train.cosine_lr(1.0, s, 10), 6) for s in (0, 5, 10, 12)] == [1.0, 0.5, 0.0, 0.0]
     # linear warmup to the peak, then a cosine from the peak to 0 over the remaining steps
-    assert [supernet.cosine_lr(0.4, s, 12, warmup=4) for s in range(4)] == [0.1, 0.2, 0.30000000000000004, 0.4]
-    assert supernet.cosine_lr(0.4, 4, 12, warmup=4) == 0.4 and supernet.cosine_lr(0.4, 8, 12, warmup=4) == pytest.approx(0.2)
+    assert [train.cosine_lr(0.4, s, 12, warmup=4) for s in range(4)] == [0.1, 0.2, 0.30000000000000004, 0.4]
+    assert train.cosine_lr(0.4, 4, 12, warmup=4) == 0.4 and train.cosine_lr(0.4, 8, 12, warmup=4) == pytest.approx(0.2)
 
 
 # ---- 6. divergence stops the run, and never overwrites a good checkpoint --------------------------
@@ -281,7 +280,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
                 for p in searcher.supernet.parameters():
                     p.fill_(float("nan"))
     cfg = tiny_cfg(tmp_path, epochs=2, warmup_epochs=1, name="nan")
-    with pytest.raises(supernet.Diverged, match="training diverged.*lower --lr") as e:
+    with pytest.raises(train.Diverged, match="training diverged.*lower --lr") as e:
         nss.run(cfg, callback=poison_the_weights)   # a Θ step on NaN weights: stopped before torch.multinomial fails
     assert "\n" not in str(e.value) and "--overwrite" in str(e.value)
     state = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
@@ -294,7 +293,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
 
 
 def test_a_huge_learning_rate_is_stopped_without_a_checkpoint(tmp_path):
-    with pytest.raises(supernet.Diverged, match="lower --lr \\(now 1e\\+30\\)"):
+    with pytest.raises(train.Diverged, match="lower --lr \\(now 1e\\+30\\)"):
         nss.run(tiny_cfg(tmp_path, epochs=1, warmup_epochs=0, lr=1e30, name="huge"))
     assert not (tmp_path / "huge").exists()     # nothing good was ever saved: a plain rerun starts clean
 
@@ -302,12 +301,12 @@ def test_a_huge_learning_rate_is_stopped_without_a_checkpoint(tmp_path):
 def test_the_divergence_rule():
     """Not finite, or above 3·ln C for two epochs in a row; one such epoch is only suspect (not checkpointed)."""
     chance = math.log(10)
-    assert supernet.check_loss([2.3, 1.9], 10, "loss", "hint") is False
-    assert supernet.check_loss([2.3, 3.1 * chance], 10, "loss", "hint") is True
-    assert supernet.check_loss([3.1 * chance, 2.0], 10, "loss", "hint") is False
+    assert train.check_loss([2.3, 1.9], 10, "loss", "hint") is False
+    assert train.check_loss([2.3, 3.1 * chance], 10, "loss", "hint") is True
+    assert train.check_loss([3.1 * chance, 2.0], 10, "loss", "hint") is False
     for losses in ([float("nan")], [2.3, float("inf")], [3.1 * chance, 3.1 * chance]):
-        with pytest.raises(supernet.Diverged, match="hint"):
-            supernet.check_loss(losses, 10, "loss", "hint")
+        with pytest.raises(train.Diverged, match="hint"):
+            train.check_loss(losses, 10, "loss", "hint")
 
 
 # ---- 9. resume only on the data the run started on ------------------------------------------------

@@ -59,7 +59,8 @@ def test_a_second_run_on_a_held_folder_is_refused_and_the_first_completes_intact
     assert json.loads((run_dir / "config.json").read_text())["config"]["lam"] == 1.0     # the first run's
     assert json.loads((run_dir / "result.json").read_text())["elite_space"] == first["elite_space"]
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 2
-    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "checkpoint.pt", "config.json", "result.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "checkpoint.pt", "config.json", "metrics.jsonl",
+                                                         "result.json"]
 
 
 @pytest.mark.slow
@@ -88,11 +89,11 @@ def test_overwrite_removes_the_old_run_before_writing(tmp_path):
     with pytest.raises(Kill):
         nss.run(tiny_cfg(tmp_path, name="a", overwrite=True, lam=2.0), callback=die_after_epoch_1)
     run_dir = tmp_path / "a"
-    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "checkpoint.pt", "config.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "checkpoint.pt", "config.json", "metrics.jsonl"]
     assert json.loads((run_dir / "config.json").read_text())["config"]["lam"] == 2.0
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["config"]["lam"] == 2.0
     with pytest.raises(runs.RunError, match="cannot read the space file"):    # no stale Elite Space to use
-        nas.load_space(str(run_dir / "result.json"), ExpandedSearchSpace.reduced())
+        runs.load_space(str(run_dir / "result.json"), ExpandedSearchSpace.reduced())
 
 
 # ---- 4. file-system faults are one line --------------------------------------------------------------
@@ -204,10 +205,10 @@ def test_unwritable_out_and_unreadable_class_folders_are_one_line():
 # ---- 5. Ctrl-C says the right thing and leaves no trap -------------------------------------------
 
 def test_ctrl_c_before_the_first_checkpoint_leaves_a_clean_folder(tmp_path, monkeypatch):
-    def interrupted(self):
+    def interrupted(self, *args, **kwargs):
         raise KeyboardInterrupt
     with monkeypatch.context() as m:
-        m.setattr(search.Searcher, "train_epoch", interrupted)
+        m.setattr(search.Searcher, "fit", interrupted)
         with pytest.raises(KeyboardInterrupt) as e:
             nss.run(tiny_cfg(tmp_path, name="early"))
     assert "--resume" not in str(e.value) and "rerun the same command" in str(e.value)
@@ -236,15 +237,15 @@ def test_a_run_killed_before_its_first_checkpoint_does_not_trap_the_next(tmp_pat
 # ---- 7. impossible requests fail up front ---------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [
-    (["--w-max", "100000"], "needs at least"),
-    (["--synthetic-size", "1e9", "--dataset", "synthetic"], "needs at least"),
-    (["--flops-samples", "1000000000"], "needs at least"),
-    (["--n-samples", "1e12"], "needs at least"),
-    (["--seed", str(2 ** 70)], "--seed must be an integer from 0"),
-    (["--seed", "-3"], "--seed must be an integer from 0"),
+    (["--w-max", "100000"], "--w-max must be at least 1 and at most 4096"),
+    (["--synthetic-size", "1e9", "--dataset", "synthetic"], "--synthetic-size must be at least 20 and at most 1e6, got 1000000000"),
+    (["--flops-samples", "1000000000"], "--flops-samples must be at least 1 and at most 4096"),
+    (["--n-samples", "1e12"], "--n-samples must be at least 1 and at most 1e6"),
+    (["--seed", str(2 ** 70)], "--seed must be at least 0 and at most"),
+    (["--seed", "-3"], "--seed must be at least 0 and at most"),
     (["--target", "-1e6"], "--target must be a finite positive number"),
     (["--lr", "-1e-3"], "--lr must be a finite positive number"),
-    (["--synthetic-size", "5", "--dataset", "synthetic"], "too few images"),
+    (["--synthetic-size", "5", "--dataset", "synthetic"], "--synthetic-size must be at least 20"),
 ])
 def test_impossible_settings_are_refused_before_any_work(args, message):
     with pytest.raises(runs.RunError, match=message) as e:
@@ -268,12 +269,14 @@ def test_a_flops_band_no_architecture_reaches_is_refused_up_front(tmp_path):
 # ---- 10. messages say what is wrong -----------------------------------------------------------------
 
 def test_a_checkpoint_of_another_program_is_named_as_such(tmp_path):
-    nas_cfg = nas.NASConfig(**TINY, out=str(tmp_path))
-    for state in ({"config": nas_cfg.to_dict(), "device_type": "cpu"},        # an older checkpoint: no program
-                  {"program": "NASConfig", "config": nas_cfg.to_dict(), "device_type": "cpu"}):
-        with pytest.raises(runs.RunError, match="written by another program") as e:
-            runs.check_same_settings(tiny_cfg(tmp_path), state, torch.device("cpu"))
-        assert "()" not in str(e.value)
+    cpu = torch.device("cpu")
+    mine = runs.identity(tiny_cfg(tmp_path), {"classes": 10}, cpu)
+    theirs = runs.identity(nas.NASConfig(**TINY, out=str(tmp_path)), {"classes": 10}, cpu)
+    with pytest.raises(runs.RunError, match="written by another program \\(NASConfig, not NSSConfig\\)"):
+        runs.check_identity(mine, theirs)
+    for foreign in (None, {"config": {}}, "a string"):       # no identity, another one's, not a dict
+        with pytest.raises(runs.RunError, match="not one of this program's"):
+            runs.check_identity(mine, foreign)
 
 
 def test_a_missing_supernet_is_not_called_corrupt(tmp_path):
@@ -286,8 +289,8 @@ def test_a_missing_supernet_is_not_called_corrupt(tmp_path):
 @pytest.mark.parametrize("args, code, message", [
     (["--lr", "1e30"], 3, "training diverged"),
     (["--target", "-1e6"], 2, "--target must be a finite positive number, got -1000000.0"),
-    (["--synthetic-size", "5"], 2, "too few images"),
-    (["--w-max", "100000"], 2, "needs at least"),
+    (["--synthetic-size", "5"], 2, "--synthetic-size must be at least 20"),
+    (["--w-max", "100000"], 2, "--w-max must be at least 1 and at most 4096"),
     (["--out", "afile"], 2, "Not a directory"),
 ])
 def test_cli_failures_are_one_line_with_their_exit_code(tmp_path, args, code, message, cli_here):

@@ -4,6 +4,8 @@ import json
 import numpy as np
 import pytest
 
+import data as data_mod
+
 import plots
 import runs
 import scratch
@@ -35,7 +37,7 @@ def test_the_default_recipe_is_the_one_of_devries_and_taylor():
 
 @pytest.mark.slow
 def test_scratch_training_and_its_table(tmp_path):
-    data = runs.load_data(runs.RunSettings(**COMMON), ESS)
+    data = data_mod.load_for(runs.RunSettings(**COMMON), ESS, 'cpu')
     cfg = scratch.ScratchConfig(**COMMON, out=str(tmp_path), recipe="fast", seeds=2, epochs=2, batch_size=64, lr=0.1,
                                 lr_warmup_epochs=0.5)
     arch = Arch((1, 1, 1), (8, 8, 8))

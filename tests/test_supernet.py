@@ -219,7 +219,7 @@ def test_global_batch_norm_over_one_process_is_batch_norm():
     x = torch.randn(8, 4, 5, 5) * 3 + 1
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     expected = F.batch_norm(xa, ref.running_mean[:4], ref.running_var[:4], ref.weight[:4], ref.bias[:4], True, 0.1, ref.eps)
-    got = supernet._bn(bn, xb, None, reduce=lambda t: t)
+    got = supernet._global_batch_norm(bn, xb, bn.weight[:4], bn.bias[:4], 0.1, lambda t: t)
     assert torch.allclose(got, expected, atol=1e-5)
     assert torch.allclose(bn.running_mean, ref.running_mean, atol=1e-6)
     assert torch.allclose(bn.running_var, ref.running_var, atol=1e-5)
