@@ -37,10 +37,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def init(timeout_minutes: float = 30.0) -> bool:
     """Join the process group that torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); False, and
     nothing done, without it. NCCL for CUDA tensors where CUDA exists, gloo for CPU tensors (Θ lives on the host)."""
@@ -60,7 +56,7 @@ def device_for(device: torch.device) -> torch.device:
     """This process's device: under torchrun, ``cuda`` means cuda:<local rank>, one GPU per process."""
     if device.type != "cuda" or not active():
         return device
-    count, local = torch.cuda.device_count(), local_rank()
+    count, local = torch.cuda.device_count(), int(os.environ.get("LOCAL_RANK", "0"))
     if local >= count:
         raise ValueError(f"this node runs more processes than it has GPUs ({count}): lower --nproc_per_node")
     if device.index is not None and device.index != local:
@@ -78,28 +74,24 @@ def shard(t: torch.Tensor) -> torch.Tensor:
 def average_(tensors: Sequence[torch.Tensor]):
     """Average tensors over the processes in place, in one all-reduce (a no-op in one process)."""
     tensors = list(tensors)
-    if world() == 1 or not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    flat /= world()
-    for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
-        t.copy_(part.view_as(t))
+    if world() > 1 and tensors:
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat)
+        for t, part in zip(tensors, (flat / world()).split([t.numel() for t in tensors])):
+            t.copy_(part.view_as(t))
 
 
 def average_grads(params) -> None:
-    """Average the gradients of ``params`` over the processes. Every process ran the same sub-network,
-    so the same parameters hold a gradient everywhere, in the same order."""
+    """Average the gradients of ``params``: every process ran the same sub-network, so the same parameters hold a
+    gradient everywhere, in the same order."""
     average_([p.grad for p in params if p.grad is not None])
 
 
 def mean(value: float, device: torch.device) -> float:
     """The mean of a scalar over the processes (a per-epoch loss, say)."""
-    if world() == 1:
-        return float(value)
     t = torch.tensor(float(value), dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t) / world()
+    average_([t])
+    return float(t)
 
 
 class _Sum(torch.autograd.Function):

@@ -154,7 +154,7 @@ def train_supernet(cfg: SupernetConfig, data: data_mod.ImageData | None = None, 
     """Train (or resume) an evaluation supernet; writes runs/<name>/{config.json,supernet.pt,train.json}."""
     cfg.check()
     ess = cfg.ess_for(data)
-    space = runs.load_space(cfg.space, ess)
+    space = Space.read(cfg.space, ess)
     with run_folder(Path(cfg.out) / (cfg.name or cfg.default_name()), cfg.resume, cfg.overwrite) as run_dir:
         device = runs.resolve_device(cfg.device)
         data = data_mod.load_for(cfg, ess, device) if data is None else data.to(device)
@@ -261,7 +261,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     device = runs.resolve_device(cfg.device)
     supernet = load_supernet(cfg.supernet, device)
     ess = supernet.ess
-    spaces = {spec: runs.load_space(spec, ess) for spec in cfg.spaces.split(",")}
+    spaces = {spec: Space.read(spec, ess) for spec in cfg.spaces.split(",")}
     band = (cfg.flops_min, cfg.flops_max or math.inf) if (cfg.flops_min or cfg.flops_max) else None
     for spec, space in spaces.items():    # a band no architecture reaches: FLOPs grow with every depth and width
         lo, hi = (arch_flops(Arch(*(tuple(r[k] for r in rs) for rs in (space.depths, space.widths))), ess) for k in (0, 1))
@@ -330,7 +330,7 @@ def run_export(cfg: ExportConfig) -> str:
     if cfg.supernet:
         device = runs.resolve_device(cfg.device)
         supernet = load_supernet(cfg.supernet, device)
-        ess, arch = supernet.ess, runs.load_arch(cfg.arch, supernet.ess)
+        ess, arch = supernet.ess, Arch.read(cfg.arch, supernet.ess)
         data = data_mod.load_for(cfg, ess, device)
         net = supernet.extract(arch)
         if cfg.calib_images:
@@ -338,7 +338,7 @@ def run_export(cfg: ExportConfig) -> str:
         source = {"supernet": cfg.supernet, "calib_images": cfg.calib_images, "dataset": cfg.dataset}
     else:
         ess = cfg.ess_for()
-        arch = runs.load_arch(cfg.arch, ess)
+        arch = Arch.read(cfg.arch, ess)
         net, source = build(arch, ess, cfg.seed), {"initialised": "seed", "seed": cfg.seed}
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     save_network(Path(cfg.out), net.eval(), ess, **source)
@@ -392,7 +392,7 @@ def run_rank(cfg: RankConfig) -> dict:
             data = data_mod.load_for(cfg, cfg.ess_for(), device)
             supernet, _ = train_supernet(SupernetConfig(**quick), data)
         ess = supernet.ess
-        archs = list(dict.fromkeys(sample_archs(runs.load_space(cfg.space, ess), cfg.k, ess,
+        archs = list(dict.fromkeys(sample_archs(Space.read(cfg.space, ess), cfg.k, ess,
                                                 torch.Generator().manual_seed(cfg.seed))))
         scored = score_archs(supernet, archs, data, cfg.calib_images, cfg.test_images or None, seed=cfg.seed, amp=cfg.amp,
                              progress=cfg.progress)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 import data as data_mod
+import nss
 import runs
 from flops import arch_flops, format_flops
 from runs import SearchConfig, option, space_label
@@ -80,10 +81,10 @@ def run(cfg: NASConfig, data: data_mod.ImageData | None = None, callback=None) -
     """NAS end to end: writes runs/<name>/{config,nas}.json and returns the result."""
     cfg.check()
     ess = cfg.ess_for(data)
-    space = runs.load_space(cfg.space, ess)
+    space = Space.read(cfg.space, ess)
     finish = lambda s: sample_final(s, cfg.protocol(), cfg.n_samples, cfg.max_samples, cfg.tolerance) | {
         "space": space.to_dict(), "space_source": cfg.space}
-    return runs.run_search(cfg, ess, Options.nas(space), f"the architectures of {space}", cfg.default_name(),
+    return nss.run_search(cfg, ess, Options.nas(space), f"the architectures of {space}", cfg.default_name(),
                            finish, data, callback, result_file="nas.json")
 
 

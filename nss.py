@@ -6,23 +6,30 @@
 
 The method (Θ, the Gumbel-softmax sampling, the weight and Θ steps of Eq. 3–5, the search loop
 and the Elite Space selection) is ``search.py``; this file gives it a run folder, checkpoints,
-resume and a command line (``runs.py``).
+resume and a command line (``runs.py``): ``run_search``, which NAS (``nas.py``) runs too.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+import torch
 
 import data as data_mod
+import distributed
+import rundir
 import runs
 from flops import format_flops
 from rundir import RunError, load_checkpoint
 from runs import SearchConfig, option
-from search import check_target, elite_space
-from space import Options, Space
+from search import SearchSettings, Searcher, check_target, elite_space, short
+from space import ExpandedSearchSpace, Options, Space
+from train import Diverged
 
 
 @dataclass
@@ -46,12 +53,81 @@ class NSSConfig(SearchConfig):
                                                          else f"nss-{self.dataset}-warmup-s{self.seed}")
 
 
+# --------------------------------------------------------------------------------------------
+# A search in its run folder (NSS here, NAS in nas.py)
+# --------------------------------------------------------------------------------------------
+
+def search_status(searcher: Searcher, sums: list, n: int) -> str:
+    """The progress bar's text: the running loss, E[FLOPs] and τ, and P_Θ's mode (none in the warmup)."""
+    warmup = searcher.epoch < searcher.settings.warmup_epochs
+    mode = "uniform (warmup)" if warmup else short(searcher.theta.most_likely())
+    return f"loss {float(sums[0]) / max(1, n):.3f} E[FLOPs] {format_flops(searcher.theta.expected_flops(searcher.ess))} {mode}"
+
+
+def theta_is_finite(searcher: Searcher, sums: list):
+    """Θ lives on the host, so checking it after every Θ step costs no device sync."""
+    if not all(bool(p.isfinite().all()) for p in searcher.theta.parameters()):
+        s = searcher.settings
+        hint = f"--lr (now {s.lr:g})" if not bool(torch.as_tensor(sums[1]).isfinite()) else f"--arch-lr (now {s.arch_lr:g})"
+        raise Diverged(f"training diverged: Θ is not finite after step {searcher.step}: lower {hint}")
+
+
+def describe_search(record: dict, epochs: int) -> str:
+    executed = f" ran {format_flops(record['executed_flops'])}" if record["executed_flops"] else ""
+    return (f"epoch {record['epoch']:3d}/{epochs} {record['phase']:6s} loss {record['loss']:.3f} "
+            f"flops-loss {record['flops_loss']:.3f} E[FLOPs] {format_flops(record['expected_flops'])}{executed} "
+            f"τ {record['tau']:.2f} {record['seconds']:.1f}s")
+
+
+def run_search(cfg: SearchConfig, ess: ExpandedSearchSpace, options: Options, what: str, default_name: str,
+               finish: Callable[[Searcher], dict], data: data_mod.ImageData | None = None,
+               callback: Callable | None = None, result_file: str = "result.json", start: dict | None = None,
+               until: int | None = None) -> dict:
+    """Check the target, search in runs/<name> with a checkpoint per epoch (resumable), ``finish`` the searcher into
+    a result with P_Θ, the history, the dataset, the space, the timings and the run folder, and write it to
+    ``result_file`` (NSS and NAS). ``start``: a warmed-up state to go on from; ``until``: stop after that epoch,
+    writing no result."""
+    started = time.time()
+    with runs.user_input():
+        check_target(cfg.target, options, ess, what)
+    with rundir.run_folder(Path(cfg.out) / (cfg.name or default_name), cfg.resume, cfg.overwrite) as run_dir:
+        device = runs.resolve_device(cfg.device)
+        data = data_mod.load_for(cfg, ess, device) if data is None else data.to(device)
+        parallel = distributed.world() > 1
+        searcher = Searcher(cfg.part(SearchSettings), ess, options, device=device, amp=cfg.amp,
+                            average_grads=distributed.average_grads if parallel else None)
+        if searcher.supernet is not None:
+            searcher.supernet.batch_stats_reduce = distributed.batch_stats_reduce()   # global-batch BN
+        data_gen = data_mod.make_generator(device, cfg.seed + 1)      # shuffling and augmentation
+        train, val = data_mod.search_loaders(data, cfg.seed, cfg.batch_size, data_gen, searcher.amp)
+        steps = min(len(train), len(val))
+        if not cfg.task_loss:            # Θ on the FLOPs loss alone: no batches
+            train = val = [None] * steps
+        elif parallel:                   # each process takes its share of every global batch
+            train, val = (data_mod.Mapped(b, lambda xy: tuple(map(distributed.shard, xy))) for b in (train, val))
+        runs.train_run(searcher, lambda on_step, on_epoch: searcher.fit(train, val, until, on_step, on_epoch),
+                          steps, cfg, run_dir, ess, data, device, data_gen, lambda r: describe_search(r, cfg.epochs),
+                          search_status, theta_is_finite, callback, start,
+                          ignore=("target",) if start is not None or until is not None else ())
+        if until is not None:            # a warmup that several targets go on from: no result of its own
+            return {}
+        result = finish(searcher) | {"probs": searcher.theta.probs_dict(), "history": searcher.history} | {
+            "dataset": cfg.dataset, "ess": ess.to_dict(), "seconds": sum(h["seconds"] for h in searcher.history),
+            "wall_seconds": time.time() - started, "run_dir": str(run_dir)}
+        rundir.write_json(run_dir / result_file, result)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Network Space Search
+# --------------------------------------------------------------------------------------------
+
 def run(cfg: NSSConfig, data: data_mod.ImageData | None = None, callback=None) -> dict:
     """Network Space Search end to end: writes runs/<name>/{config,result}.json and returns the result."""
     cfg.check()
     ess = cfg.ess_for(data)
     elite = lambda s: elite_space(s.theta, s.gen, cfg.n_samples, cfg.target, ess)
-    return runs.run_search(cfg, ess, Options.nss(ess), "the candidate spaces", cfg.default_name(), elite, data,
+    return run_search(cfg, ess, Options.nss(ess), "the candidate spaces", cfg.default_name(), elite, data,
                            callback, result_file="result.json")
 
 
@@ -77,13 +153,14 @@ def run_targets(cfg: NSSConfig, targets: list[float], data: data_mod.ImageData |
     data = data_mod.load_for(cfg, ess, runs.resolve_device(cfg.device)) if data is None else data
     out, warm_name = Path(cfg.out), cfg.warmup_name()
     resume = lambda name: cfg.resume and (out / name / "checkpoint.pt").is_file()
-    runs.run_search(dataclasses.replace(cfg, name=warm_name, resume=resume(warm_name)), ess, options, what,
+    run_search(dataclasses.replace(cfgs[0], name=warm_name, resume=resume(warm_name)), ess, options, what,
                     warm_name, None, data, callback, until=cfg.warmup_epochs)
-    warm = load_checkpoint(out / warm_name / "checkpoint.pt")      # the warmed-up state, once, on the host
     results = []
     for c, name in zip(cfgs, names):
+        # the warmed-up state, read afresh on the host for each target: an optimiser trains the tensors it loads
+        warm = load_checkpoint(out / warm_name / "checkpoint.pt")
         finish = lambda s, c=c: elite_space(s.theta, s.gen, c.n_samples, c.target, ess) | {"warmup_run": str(out / warm_name)}
-        results.append(runs.run_search(dataclasses.replace(c, name=name, resume=resume(name)), ess, options, what,
+        results.append(run_search(dataclasses.replace(c, name=name, resume=resume(name)), ess, options, what,
                                        name, finish, data, callback, start=warm))
     return results
 

@@ -1,13 +1,6 @@
-"""The files of a run: a folder held by one run at a time, atomic writes, and checkpoints read safely.
-
-* ``run_folder``: holds ``runs/<name>`` exclusively (an ``fcntl`` lock on its ``.lock`` file). A folder that
-  holds a run is refused unless --resume (which needs the run's progress file) or --overwrite, which first
-  empties the folder (everything but the lock). A run that fails or is interrupted before its progress file
-  exists removes what it wrote, so a plain rerun starts clean.
-* ``write_atomic`` / ``write_json`` / ``save_torch``: a file is replaced whole or not at all; a failed write
-  leaves no temporary file, and an OSError (full disk, no permission) is one line.
-* ``load_checkpoint``: a missing, unreadable, corrupt or foreign checkpoint is one line.
-"""
+"""The files of a run: a folder held by one run at a time (``run_folder``), files replaced whole or not at all
+(``write_atomic``, ``write_json``, ``save_torch``) and checkpoints read safely (``load_checkpoint``); every
+failure is one line (``RunError``)."""
 from __future__ import annotations
 
 import fcntl
@@ -44,8 +37,7 @@ def is_main() -> bool:
 # --------------------------------------------------------------------------------------------
 
 def write_atomic(path: Path, write: Callable[[Path], None]):
-    """Write through a temporary file beside ``path`` and rename it, so a crash never leaves a half-written
-    file; a failed write removes its temporary file, and an OSError (full disk, no permission) is a RunError."""
+    """Write through a temporary file beside ``path``, then rename it; a failed write leaves no temporary file."""
     if not is_main():
         return
     path = Path(path)

@@ -5,7 +5,6 @@
 * ``RunSettings``: the data, the space, the device and the run folder of a run;
 * ``train_run``: a training loop with a checkpoint per epoch, exact resume under the same identity (settings,
   data, device kind), progress bars, epoch lines, ``metrics.jsonl`` and the divergence stop;
-* ``run_search``: a search (NSS or NAS) in its run folder, its result written there;
 * ``cli``: every failure as one line on stderr with its exit code (``EXIT_CODES``).
 
 None of the method is here: the search engine is ``search.py``; run folders and atomic files are ``rundir.py``.
@@ -31,9 +30,8 @@ from tqdm.auto import tqdm
 import data as data_mod
 import distributed
 from rundir import RunError, load_checkpoint, os_error, run_folder, save_torch, write_atomic, write_json
-from search import SearchSettings, Searcher, check_target, short
-from flops import format_flops
-from space import REDUCED, Arch, ExpandedSearchSpace, Options, Space
+from search import SearchSettings
+from space import REDUCED, ExpandedSearchSpace, FileError
 from train import Diverged, SettingError, check_loss, check_settings, setting as option
 
 EXIT_CODES = {"done": 0, "bad input, data or files": 2, "diverged": 3, "interrupted": 130}
@@ -182,22 +180,6 @@ def resolve_device(name: str) -> torch.device:
         return distributed.device_for(device)
 
 
-def load_space(spec: str, ess: ExpandedSearchSpace) -> Space:
-    """--space: 'full', or a file holding a space (an NSS result.json: its Elite Space), inside ``ess``."""
-    with user_input():
-        return ess.full_space() if spec == "full" else Space.from_file(spec).validate(ess)
-
-
-def load_arch(spec: str, ess: ExpandedSearchSpace) -> Arch:
-    """--arch: inline JSON, or a file holding an architecture (a nas.json: its architecture), inside ``ess``."""
-    with user_input():
-        try:
-            arch = Arch.from_json(spec) if spec.lstrip().startswith("{") else Arch.from_file(spec)
-        except (ValueError, TypeError) as e:
-            raise ValueError(str(e) if "architecture" in str(e) else f"malformed architecture JSON in {spec}: {e}")
-        return arch.validate(ess)
-
-
 def space_label(spec: str) -> str:
     """A short name for a --space value: 'full', 'elite-<NSS run>' or the file's stem."""
     path = Path(spec)
@@ -321,67 +303,6 @@ def train_run(trainer, fit: Callable, steps: int, cfg: RunSettings, run_dir: Pat
         bar.close()
 
 
-def search_status(searcher: Searcher, sums: list, n: int) -> str:
-    """The progress bar's text: the running loss, E[FLOPs] and τ, and P_Θ's mode (none in the warmup)."""
-    warmup = searcher.epoch < searcher.settings.warmup_epochs
-    mode = "uniform (warmup)" if warmup else short(searcher.theta.most_likely())
-    return f"loss {float(sums[0]) / max(1, n):.3f} E[FLOPs] {format_flops(searcher.theta.expected_flops(searcher.ess))} {mode}"
-
-
-def theta_is_finite(searcher: Searcher, sums: list):
-    """Θ lives on the host, so checking it after every Θ step costs no device sync."""
-    if not all(bool(p.isfinite().all()) for p in searcher.theta.parameters()):
-        s = searcher.settings
-        hint = f"--lr (now {s.lr:g})" if not bool(torch.as_tensor(sums[1]).isfinite()) else f"--arch-lr (now {s.arch_lr:g})"
-        raise Diverged(f"training diverged: Θ is not finite after step {searcher.step}: lower {hint}")
-
-
-def describe_search(record: dict, epochs: int) -> str:
-    executed = f" ran {format_flops(record['executed_flops'])}" if record["executed_flops"] else ""
-    return (f"epoch {record['epoch']:3d}/{epochs} {record['phase']:6s} loss {record['loss']:.3f} "
-            f"flops-loss {record['flops_loss']:.3f} E[FLOPs] {format_flops(record['expected_flops'])}{executed} "
-            f"τ {record['tau']:.2f} {record['seconds']:.1f}s")
-
-
-def run_search(cfg: SearchConfig, ess: ExpandedSearchSpace, options: Options, what: str, default_name: str,
-               finish: Callable[[Searcher], dict], data: data_mod.ImageData | None = None,
-               callback: Callable | None = None, result_file: str = "result.json", start: dict | None = None,
-               until: int | None = None) -> dict:
-    """Check the target, search in runs/<name> with a checkpoint per epoch (resumable), ``finish`` the searcher into
-    a result with P_Θ, the history, the dataset, the space, the timings and the run folder, and write it to
-    ``result_file`` (NSS and NAS). ``start``: a warmed-up state to go on from; ``until``: stop after that epoch,
-    writing no result."""
-    started = time.time()
-    with user_input():
-        check_target(cfg.target, options, ess, what)
-    with run_folder(Path(cfg.out) / (cfg.name or default_name), cfg.resume, cfg.overwrite) as run_dir:
-        device = resolve_device(cfg.device)
-        data = data_mod.load_for(cfg, ess, device) if data is None else data.to(device)
-        parallel = distributed.world() > 1
-        searcher = Searcher(cfg.part(SearchSettings), ess, options, device=device, amp=cfg.amp,
-                            average_grads=distributed.average_grads if parallel else None)
-        if searcher.supernet is not None:
-            searcher.supernet.batch_stats_reduce = distributed.batch_stats_reduce()   # global-batch BN
-        data_gen = data_mod.make_generator(device, cfg.seed + 1)      # shuffling and augmentation
-        train, val = data_mod.search_loaders(data, cfg.seed, cfg.batch_size, data_gen, searcher.amp)
-        steps = min(len(train), len(val))
-        if not cfg.task_loss:            # Θ on the FLOPs loss alone: no batches
-            train = val = [None] * steps
-        elif parallel:                   # each process takes its share of every global batch
-            train, val = (data_mod.Mapped(b, lambda xy: tuple(map(distributed.shard, xy))) for b in (train, val))
-        train_run(searcher, lambda on_step, on_epoch: searcher.fit(train, val, until, on_step, on_epoch),
-                          steps, cfg, run_dir, ess, data, device, data_gen, lambda r: describe_search(r, cfg.epochs),
-                          search_status, theta_is_finite, callback, start,
-                          ignore=("target",) if start is not None or until is not None else ())
-        if until is not None:            # a warmup that several targets go on from: no result of its own
-            return {}
-        result = finish(searcher) | {"probs": searcher.theta.probs_dict(), "history": searcher.history} | {
-            "dataset": cfg.dataset, "ess": ess.to_dict(), "seconds": sum(h["seconds"] for h in searcher.history),
-            "wall_seconds": time.time() - started, "run_dir": str(run_dir)}
-        write_json(run_dir / result_file, result)
-    return result
-
-
 def cli(main: Callable[[list[str] | None], int]):
     """Run a command-line entry point: each failure is one line on stderr and an exit code of EXIT_CODES: bad
     input, data or files (an OSError: full disk, no permission…; out of memory) 2, a divergence 3, Ctrl-C 130.
@@ -395,7 +316,7 @@ def cli(main: Callable[[list[str] | None], int]):
         if distributed.init() and not distributed.is_main():
             sys.stdout = open(os.devnull, "w")      # one summary, from rank 0; errors still reach stderr
         code = main(sys.argv[1:])
-    except (RunError, data_mod.DataError) as e:
+    except (RunError, data_mod.DataError, FileError) as e:
         code, message = EXIT_CODES["bad input, data or files"], f"error: {e}"
     except OSError as e:
         code, message = EXIT_CODES["bad input, data or files"], f"error: {os_error(e)}"

@@ -214,7 +214,7 @@ def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.Ima
     ess = cfg.ess_for(data)
     if arch is None and not cfg.arch:
         raise RunError("--arch is required: a nas.json, an architecture JSON file or inline JSON")
-    arch = arch or runs.load_arch(cfg.arch, ess)
+    arch = arch or Arch.read(cfg.arch, ess)
     if run_dir is None:
         beside_nas = cfg.arch.endswith("nas.json") and not cfg.name
         run_dir = Path(cfg.arch).parent / "scratch" if beside_nas else Path(cfg.out) / (cfg.name or cfg.default_name())

@@ -42,7 +42,7 @@ from train import SettingError, SGDSettings, autocast, check_settings, cosine_lr
 
 @dataclass
 class SearchSettings(SGDSettings):
-    """The search's hyperparameters (Eq. 5, §4.1; FBNet's schedule [32]). ``lr`` follows a cosine."""
+    """The search's hyperparameters (Eq. 5, §4.1; FBNet's schedule [33]). ``lr`` follows a cosine."""
 
     target: float = setting(1.6e9, "FLOPs_target, in multiply-accumulates (1.6e9 = 1.6GF)", "(0, inf)")
     lam: float = setting(1.0, "λ: weight of the FLOPs loss (choice)", "[0, inf)")
@@ -135,7 +135,7 @@ class Theta(nn.Module):
 
 
 def temperature(settings: SearchSettings, epoch: int) -> float:
-    """τ_e = τ_0·r^e after e search epochs, FBNet's exponential decay [32], with r = (τ_end/τ_0)^(1/(E−1)) so that
+    """τ_e = τ_0·r^e after e search epochs, FBNet's exponential decay [33], with r = (τ_end/τ_0)^(1/(E−1)) so that
     the last of the E search epochs runs at τ_end (FBNet: τ_0 = 5, ×0.956 per epoch, ≈ 0.09 after 90 epochs)."""
     s = settings
     done, search_epochs = max(0, epoch - s.warmup_epochs), s.epochs - s.warmup_epochs

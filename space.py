@@ -205,19 +205,23 @@ def _check_bounds(values: Sequence[int], upper: int, what: str, ess: ExpandedSea
             raise ValueError(f"{what} value {v} is outside 1..{upper}")
 
 
+class FileError(ValueError):
+    """A space or architecture file that cannot be read or holds none; the message is one line."""
+
+
 def read_json(path, what: str) -> dict:
     """The JSON object in the file ``path``; anything else (missing, unreadable, not UTF-8, not a JSON object) is a
-    one-line ValueError naming ``what`` ("the space file", say)."""
+    one-line FileError naming ``what`` ("space", say)."""
     try:
         text = Path(path).read_text()
     except OSError as e:
-        raise ValueError(f"cannot read {what} {path}: {e.strerror or e}") from None
+        raise FileError(f"cannot read the {what} file {path}: {e.strerror or e}") from None
     except ValueError:
-        raise ValueError(f"cannot read {what} {path}: it is not UTF-8 text") from None
+        raise FileError(f"cannot read the {what} file {path}: it is not UTF-8 text") from None
     try:
         return _load_json(text, what)
     except ValueError as e:
-        raise ValueError(f"{e} in {path}") from None
+        raise FileError(f"{e} in {path}") from None
 
 
 def _load_json(text_or_dict, what: str) -> dict:
@@ -272,13 +276,18 @@ class Arch:
     from_json = from_dict
 
     @classmethod
-    def from_file(cls, path) -> Arch:
-        """The architecture of a JSON file: an architecture, or a result holding one under "arch" (a nas.json)."""
-        d = read_json(path, "the architecture file")
+    def read(cls, spec: str, ess: ExpandedSearchSpace) -> Arch:
+        """An architecture of ``ess`` from inline JSON, or from a JSON file of one or of a result holding one under
+        "arch" (a nas.json); a FileError otherwise."""
+        inline = spec.lstrip().startswith("{")
         try:
-            return cls.from_dict(d["arch"] if isinstance(d.get("arch"), dict) else d)
+            d = _load_json(spec, "architecture") if inline else read_json(spec, "architecture")
+            return cls.from_dict(d["arch"] if isinstance(d.get("arch"), dict) else d).validate(ess)
+        except FileError:
+            raise
         except ValueError as e:
-            raise ValueError(f"malformed architecture JSON in {path}: {e}") from None
+            where = repr(spec) if inline else f"in {spec}"
+            raise FileError(f"malformed architecture JSON {where}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -368,13 +377,16 @@ class Space:
     from_json = from_dict
 
     @classmethod
-    def from_file(cls, path) -> Space:
-        """The space of a JSON file: a space, or an NSS result holding one under "elite_space" (a result.json)."""
-        d = read_json(path, "the space file")
+    def read(cls, spec: str, ess: ExpandedSearchSpace) -> Space:
+        """'full' (the whole of ``ess``), or a space of ``ess`` from a JSON file of one or of an NSS result holding one
+        under "elite_space" (a result.json); a FileError otherwise."""
+        if spec == "full":
+            return ess.full_space()
+        d = read_json(spec, "space")
         try:
-            return cls.from_dict(d["elite_space"] if isinstance(d.get("elite_space"), dict) else d)
+            return cls.from_dict(d["elite_space"] if isinstance(d.get("elite_space"), dict) else d).validate(ess)
         except ValueError as e:
-            raise ValueError(f"malformed space JSON in {path}: {e}") from None
+            raise FileError(f"malformed space JSON in {spec}: {e}") from None
 
 
 def uniform_in(ranges: Sequence[Range], generator: torch.Generator, n: int) -> torch.Tensor:

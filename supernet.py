@@ -7,7 +7,7 @@
   ``extract(arch)`` is a prefix slice of every tensor. Two forwards:
     - ``forward(x, arch)``: the sliced single path used by weight steps. It runs only the first
       d_i blocks and the first w_i channels of every weight, so it costs exactly FLOPs(a).
-    - ``forward_masked(...)``: the soft forward used by Θ steps (FBNetV2). Per stage, a channel
+    - ``forward_masked(...)``: the soft forward used by Θ steps (FBNetV2 [32]). Per stage, a channel
       mask Σ_k g^w_k·prefix_mask(w_k) scales every BN output, and the stage output is
       Σ_k g^d_k·(output after d_k blocks). Gradients reach the option weights g.
 * ``recalibrate_bn``: re-estimates BN statistics for one architecture (§4.2's evaluation).
@@ -180,7 +180,7 @@ class SuperNet(nn.Module):
     def forward_masked(self, x: torch.Tensor, g_depth: Sequence[torch.Tensor], g_width: Sequence[torch.Tensor],
                        depth_values: Sequence[Sequence[int]], width_values: Sequence[Sequence[int]],
                        eps: float = 0.0) -> torch.Tensor:
-        """Soft forward of the Θ step (§3.3, FBNetV2): option k of stage i uses d_{i,k} blocks and w_{i,k} channels.
+        """Soft forward of the Θ step (§3.3, FBNetV2 [32]): option k of stage i uses d_{i,k} blocks and w_{i,k} channels.
 
         ``g_depth[i]`` (K_d,) and ``g_width[i]`` (K_w,) weight the options; ``depth_values[i][k]``
         and ``width_values[i][k]`` are their depth and width (for NSS: drawn inside option k's range).

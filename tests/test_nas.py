@@ -103,7 +103,7 @@ def test_cli_rejects_bad_space_files(tmp_path, content, message, cli_here):
 @pytest.mark.slow
 def test_cli_rejects_a_target_outside_the_space(tmp_path, cli_here):
     proc = cli_here("nas", "--quick", "--target", "1e9")
-    assert proc.returncode == 2 and "outside the FLOPs range" in proc.stderr
+    assert proc.returncode == 2 and "--target must be inside the FLOPs range" in proc.stderr
 
 
 def test_until_within_keeps_the_closest_sample_when_none_gets_within_the_tolerance():
@@ -121,7 +121,7 @@ def test_until_within_keeps_the_closest_sample_when_none_gets_within_the_toleran
 
 
 def test_a_space_file_that_is_not_utf8_is_one_line(tmp_path):
-    from runs import RunError
+    from space import FileError
     (tmp_path / "space.json").write_bytes(b"\xff\xfe{\x00")
-    with pytest.raises(RunError, match="not UTF-8"):
-        runs.load_space(str(tmp_path / "space.json"), ExpandedSearchSpace.reduced())
+    with pytest.raises(FileError, match="not UTF-8"):
+        Space.read(str(tmp_path / "space.json"), ExpandedSearchSpace.reduced())

@@ -189,12 +189,12 @@ def test_cli_quick_runs_end_to_end(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
-    (["--target", "1e15"], "outside the FLOPs range"),
-    (["--target", "1e3"], "outside the FLOPs range"),
+    (["--target", "1e15"], "--target must be inside the FLOPs range"),
+    (["--target", "1e3"], "--target must be inside the FLOPs range"),
     (["--target", "-1"], "positive"),
     (["--target", "abc"], "invalid float"),
     (["--target", "nan"], "positive"),
-    (["--dataset", "imagenet"], "unknown dataset"),
+    (["--dataset", "imagenet"], "--dataset must be one of cifar10"),
     (["--dataset", "cifar10", "--data-dir", "missing", "--no-download"], "missing"),
     (["--dataset", "folder", "--data-dir", "missing"], "missing"),
     (["--epochs", "2", "--warmup-epochs", "2"], "warmup"),

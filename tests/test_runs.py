@@ -20,7 +20,7 @@ import nas
 import nss
 import runs
 import search
-from space import REDUCED, ExpandedSearchSpace
+from space import REDUCED, ExpandedSearchSpace, FileError, Space
 from supernet import SuperNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,8 +92,8 @@ def test_overwrite_removes_the_old_run_before_writing(tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "checkpoint.pt", "config.json", "metrics.jsonl"]
     assert json.loads((run_dir / "config.json").read_text())["config"]["lam"] == 2.0
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["config"]["lam"] == 2.0
-    with pytest.raises(runs.RunError, match="cannot read the space file"):    # no stale Elite Space to use
-        runs.load_space(str(run_dir / "result.json"), ExpandedSearchSpace.reduced())
+    with pytest.raises(FileError, match="cannot read the space file"):    # no stale Elite Space to use
+        Space.read(str(run_dir / "result.json"), ExpandedSearchSpace.reduced())
 
 
 # ---- 4. file-system faults are one line --------------------------------------------------------------

@@ -41,7 +41,7 @@ def test_scratch_training_and_its_table(tmp_path):
     cfg = scratch.ScratchConfig(**COMMON, out=str(tmp_path), recipe="fast", seeds=2, epochs=2, batch_size=64, lr=0.1,
                                 lr_warmup_epochs=0.5)
     arch = Arch((1, 1, 1), (8, 8, 8))
-    result = scratch.run_scratch(cfg, arch, data, run_dir=tmp_path / "nas-a")
+    result = scratch.run_scratch(cfg, arch, data, run_dir=tmp_path / "nas-a" / "scratch")
     assert len(result["errors"]) == 2 and result["errors"][0] != result["errors"][1]
     assert result["mean"] == pytest.approx(np.mean(result["errors"])) and result["mean"] < 80   # chance is 90
     assert [h["epoch"] for h in result["runs"][0]["history"]] == [1, 2]
@@ -49,10 +49,10 @@ def test_scratch_training_and_its_table(tmp_path):
     assert result["recipe"]["name"] == "fast" and result["recipe"]["cutout"] == 16 and result["recipe"]["epochs"] == 2
     _, test_x, test_y = scratch.eval_tensors(data, 0, None, seed=0)
     for run in result["runs"]:
-        net = scratch.load_network(tmp_path / "nas-a" / run["weights"])
+        net = scratch.load_network(tmp_path / "nas-a" / "scratch" / run["weights"])
         assert net.arch == arch and scratch.test_error(net, test_x, test_y) == run["error"]
-    with pytest.raises(runs.RunError, match="exists"):
-        scratch.run_scratch(cfg, arch, data, run_dir=tmp_path / "nas-a")
+    with pytest.raises(runs.RunError, match="already holds a run"):
+        scratch.run_scratch(cfg, arch, data, run_dir=tmp_path / "nas-a" / "scratch")
     # a nas.json beside it makes a Table 1 row
     nas_result = {"dataset": "synthetic", "target": 4e6, "space_source": "runs/x/result.json", "flops": 3.9e6,
                   "deviation": 0.025, "samples": 5}
