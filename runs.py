@@ -34,6 +34,7 @@ from search import SearchSettings
 from space import REDUCED, ExpandedSearchSpace, FileError
 from train import Diverged, SettingError, check_loss, check_settings, setting as option
 
+TORCH_THREADS = torch.get_num_threads()        # torch's own choice, before any run changes it
 EXIT_CODES = {"done": 0, "bad input, data or files": 2, "diverged": 3, "interrupted": 130}
 
 
@@ -80,11 +81,12 @@ class RunSettings:
     resume: bool = option(False, "continue runs/<name> from its checkpoint")
     overwrite: bool = option(False, "replace an existing runs/<name>")
     progress: bool = option(True, "progress bars (on a terminal)")
+    threads: int = option(0, "CPU threads (0: torch's default, one per core); results depend on it", "[0, 4096]")
     quick: bool = option(False, "tiny offline demo: reduced space, synthetic data, a few epochs")
 
     QUICK = dict(dataset="synthetic", synthetic_size=2000, **REDUCED)
     # fields that do not change the result, so a resumed run may differ in them
-    VOLATILE = ("resume", "overwrite", "progress", "quick", "name", "out", "device")
+    VOLATILE = ("resume", "overwrite", "progress", "quick", "name", "out", "device", "threads")
 
     def ess(self, num_classes: int) -> ExpandedSearchSpace:
         """The Expanded Search Space of this run."""
@@ -104,6 +106,7 @@ class RunSettings:
         if self.resume and self.overwrite:
             raise RunError("--resume and --overwrite exclude each other")
         resolve_device(self.device)
+        torch.set_num_threads(self.threads or TORCH_THREADS)
 
     def part(self, cls):
         """The fields of the settings class ``cls`` (one that this config extends), as a ``cls``: what an engine gets."""
@@ -161,6 +164,18 @@ def parse_config(cls, argv=None, description: str = ""):
         cfg = cls(**{**preset, **given})
     cfg.check()
     return cfg
+
+
+def spare_cores() -> int:
+    """The cores this process may use that no other process is busy on right now (Linux's count of runnable tasks):
+    on a shared machine, more threads than free cores make every step wait on a descheduled thread (with 2 busy
+    processes on 2 cores, ``nss.py --quick`` took 333 s with 2 threads and 74 s with 1; 31 s and 45 s idle)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        busy = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1   # not counting this process
+    except (OSError, ValueError, IndexError):
+        busy = 0
+    return max(1, cores - busy)
 
 
 def resolve_device(name: str) -> torch.device:

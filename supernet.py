@@ -190,22 +190,31 @@ class SuperNet(nn.Module):
         return self.run(x, self.masked_plan(g_depth, g_width, depth_values, width_values, eps))
 
     def masked_plan(self, g_depth, g_width, depth_values, width_values, eps: float = 0.0) -> list[StagePlan]:
-        """Stage plans for ``forward_masked``: masks via a cumulative sum, depth coefficients via index_add."""
-        # weights may live on the CPU (no device sync for the flags) and move here afterwards
+        """Stage plans for ``forward_masked``: masks via a cumulative sum, depth coefficients via index_add.
+
+        They are built where the weights live (the host, for Θ: no device sync for the flags) and reach the
+        supernet's device in one pinned, non-blocking transfer, through which gradients flow back."""
         keep_d, keep_w = _above(g_depth, eps), _above(g_width, eps)
-        device = self.head.weight.device
-        plans = []
+        parts, layout = [], []
         for gd, gw, dv, wv, kd, kw in zip(g_depth, g_width, depth_values, width_values, keep_d, keep_w):
-            gd, gw = gd.to(device, non_blocking=True), gw.to(device, non_blocking=True)
             depth = max(d for d, k in zip(dv, kd) if k)
             width = max(w for w, k in zip(wv, kw) if k)
-            dv_t = torch.as_tensor(dv, device=gd.device) - 1
-            wv_t = torch.as_tensor(wv, device=gw.device) - 1
-            coeffs = torch.zeros(max(dv), dtype=gd.dtype, device=gd.device).index_add(0, dv_t, gd)
+            blocks = [j for j in sorted(set(dv)) if j <= depth]
+            coeffs = torch.zeros(max(dv), dtype=gd.dtype, device=gd.device).index_add(
+                0, torch.tensor(dv, device=gd.device) - 1, gd)
             # FBNetV2 channel mask: Σ_k g_k·[c < w_k] = reverse cumulative sum of g placed at w_k − 1
-            mask = torch.zeros(max(wv), dtype=gw.dtype, device=gw.device).index_add(0, wv_t, gw)
-            mask = mask.flip(0).cumsum(0).flip(0)[:width]
-            plans.append(StagePlan(depth, width, mask, {j: coeffs[j - 1] for j in sorted(set(dv)) if j <= depth}))
+            mask = torch.zeros(max(wv), dtype=gw.dtype, device=gw.device).index_add(
+                0, torch.tensor(wv, device=gw.device) - 1, gw)
+            parts += [coeffs[torch.tensor(blocks, device=gd.device) - 1], mask.flip(0).cumsum(0).flip(0)[:width]]
+            layout.append((depth, width, blocks))
+        flat, device = torch.cat(parts), self.head.weight.device
+        if flat.device != device:
+            flat = (flat.pin_memory() if device.type == "cuda" else flat).to(device, non_blocking=True)
+        chunks = iter(flat.split([n for depth, width, blocks in layout for n in (len(blocks), width)]))
+        plans = []
+        for depth, width, blocks in layout:
+            coeffs, mask = next(chunks), next(chunks)
+            plans.append(StagePlan(depth, width, mask, dict(zip(blocks, coeffs))))
         return plans
 
     def _bn(self, bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:

@@ -25,7 +25,7 @@ import search  # noqa: E402
 from space import REDUCED, Arch  # noqa: E402
 
 TINY = ["--dataset", "synthetic", "--d-max", "4", "--w-max", "16", "--d-step", "2", "--w-step", "4",
-        "--no-progress", "--device", "cpu"]
+        "--no-progress", "--device", "cpu", "--threads", "1"]
 
 
 def digest(tensors) -> str:
@@ -61,7 +61,7 @@ def steps(out: Path) -> dict:
     search.Searcher.weight_step, search.Searcher.theta_step = logged_weight_step, logged_theta_step
     try:
         cfg = nss.NSSConfig(dataset="synthetic", synthetic_size=256, **REDUCED, target=6e6, epochs=3, warmup_epochs=1,
-                            batch_size=32, progress=False, out=str(out), name="steps", device="cpu")
+                            batch_size=32, progress=False, out=str(out), name="steps", device="cpu", threads=1)
         result = nss.run(cfg)
     finally:
         search.Searcher.weight_step, search.Searcher.theta_step = weight_step, theta_step
