@@ -155,7 +155,7 @@ def train_supernet(cfg: SupernetConfig, data: data_mod.ImageData | None = None, 
     cfg.check()
     ess = cfg.ess_for(data)
     space = Space.read(cfg.space, ess)
-    with run_folder(Path(cfg.out) / (cfg.name or cfg.default_name()), cfg.resume, cfg.overwrite) as run_dir:
+    with run_folder(Path(cfg.out) / (cfg.name or cfg.default_name()), cfg.resume, cfg.overwrite, reuse=cfg.reuse) as run_dir:
         device = runs.resolve_device(cfg.device)
         data = data_mod.load_for(cfg, ess, device) if data is None else data.to(device)
         trainer = SupernetTrainer(cfg, ess, space, device)
@@ -268,7 +268,7 @@ def run_score(cfg: ScoreConfig) -> dict:
         if band and (band[1] < lo or band[0] > hi):
             raise RunError(f"no architecture of {spec} has {band[0]:.4g} to {band[1]:.4g} FLOPs: "
                            f"its architectures have {lo:.4g} to {hi:.4g}")
-    with run_folder(Path(cfg.out) / (cfg.name or cfg.default_name()), cfg.resume, cfg.overwrite, progress=None) as run_dir:
+    with run_folder(Path(cfg.out) / (cfg.name or cfg.default_name()), cfg.resume, cfg.overwrite, None, cfg.reuse) as run_dir:
         data = data_mod.load_for(cfg, ess, device)
         g = torch.Generator().manual_seed(cfg.seed)
         result = {"dataset": cfg.dataset, "supernet": cfg.supernet, "ordering": cfg.ordering, "band": band, "spaces": {}}
@@ -380,7 +380,7 @@ def run_rank(cfg: RankConfig) -> dict:
     """Score and train the same k architectures; writes rank.json and the rank-agreement plot."""
     cfg.check()
     run_dir = Path(cfg.out) / (cfg.name or cfg.default_name())
-    with run_folder(run_dir, cfg.resume, cfg.overwrite, progress=None):
+    with run_folder(run_dir, cfg.resume, cfg.overwrite, None, cfg.reuse):
         device = runs.resolve_device(cfg.device)
         fields = {f: getattr(cfg, f) for f in ("dataset", "data_dir", "download", "synthetic_size", "d_max", "w_max",
                                                "d_step", "w_step", "seed", "device", "amp", "progress")}
@@ -403,8 +403,7 @@ def run_rank(cfg: RankConfig) -> dict:
         result = {"space": cfg.space, "supernet": cfg.supernet, "dataset": cfg.dataset, "recipe": scratch_cfg.recipe_values(),
                   "archs": [a.to_dict() for a in archs], "flops": [arch_flops(a, ess) for a in archs],
                   "supernet_errors": supernet_errors, "scratch_errors": trained,
-                  "kendall_tau": plots.kendall_tau(supernet_errors, trained),
-                  "spearman_rho": plots.spearman_rho(supernet_errors, trained), "run_dir": str(run_dir)}
+                  **plots.rank_agreement(supernet_errors, trained), "run_dir": str(run_dir)}
         plots.plot_rank_agreement(supernet_errors, trained, run_dir / "rank",
                                   title=f"{len(archs)} architectures of {space_label(cfg.space)} on {cfg.dataset}")
         write_json(run_dir / "rank.json", result)
@@ -413,7 +412,7 @@ def run_rank(cfg: RankConfig) -> dict:
 
 def rank_summary(cfg: RankConfig) -> str:
     r = run_rank(cfg)
-    return (f"Kendall τ {r['kendall_tau']:.3f}, Spearman ρ {r['spearman_rho']:.3f} between supernet and from-scratch "
+    return (f"Kendall τ {r['kendall_tau']:.3f} (p = {r['kendall_p']:.2g}), Spearman ρ {r['spearman_rho']:.3f} between supernet and from-scratch "
             f"errors of {len(r['archs'])} architectures; written to {r['run_dir']}/rank.json and rank.png")
 
 

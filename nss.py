@@ -90,7 +90,7 @@ def run_search(cfg: SearchConfig, ess: ExpandedSearchSpace, options: Options, wh
     started = time.time()
     with runs.user_input():
         check_target(cfg.target, options, ess, what)
-    with rundir.run_folder(Path(cfg.out) / (cfg.name or default_name), cfg.resume, cfg.overwrite) as run_dir:
+    with rundir.run_folder(Path(cfg.out) / (cfg.name or default_name), cfg.resume, cfg.overwrite, reuse=cfg.reuse) as run_dir:
         device = runs.resolve_device(cfg.device)
         data = data_mod.load_for(cfg, ess, device) if data is None else data.to(device)
         parallel = distributed.world() > 1

@@ -1,7 +1,7 @@
 """Plots and tables of the paper's evaluation (§4.2–4.5): Pareto fronts, EDFs, the figures, Table 1.
 
 Pure analysis and drawing, from scores and result files (lists of {"flops", "error", …} dicts,
-nas.json files): it imports only ``flops``, numpy and matplotlib, so it can be copied out alone.
+nas.json files): it imports only ``flops``, numpy, matplotlib and scipy, so it can be copied out alone.
 
 * EDFs follow pycls [23]: F(e) = the fraction of models with error below e (Figures 5d and 6).
 * Figures 3, 4 and 5a–c: error vs FLOPs scatters with the Pareto front and the target's ±10% band.
@@ -65,37 +65,29 @@ def median_error_within(scores: list[dict], target: float, tolerance: float = 0.
 
 
 # --------------------------------------------------------------------------------------------
-# Rank agreement: how well supernet scores order architectures (the basis of §4.2's comparisons)
+# Statistics (scipy): rank agreement, and whether one group's errors are lower than another's
 # --------------------------------------------------------------------------------------------
 
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's τ-b: (concordant − discordant pairs) / √(pairs untied in x · pairs untied in y)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    i, j = np.triu_indices(len(x), k=1)
-    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    untied = np.abs(sx).sum() * np.abs(sy).sum()
-    return float((sx * sy).sum() / np.sqrt(untied)) if untied else float("nan")
+def rank_agreement(x: Sequence[float], y: Sequence[float]) -> dict:
+    """How well scores ``x`` order what ``y`` measures (supernet against from-scratch errors, §4.2's basis):
+    Kendall's τ-b and Spearman's ρ with their two-sided p-values (scipy.stats)."""
+    from scipy import stats
+    tau, rho = stats.kendalltau(x, y), stats.spearmanr(x, y)
+    return {"n": len(x), "kendall_tau": float(tau.statistic), "kendall_p": float(tau.pvalue),
+            "spearman_rho": float(rho.statistic), "spearman_p": float(rho.pvalue)}
 
 
-def ranks(values: Sequence[float]) -> np.ndarray:
-    """Ranks 1..n, ties sharing their average rank."""
-    v = np.asarray(values, dtype=float)
-    order = np.argsort(v, kind="stable")
-    r = np.empty(len(v))
-    r[order] = np.arange(1, len(v) + 1)
-    for value in np.unique(v):
-        tied = v == value
-        r[tied] = r[tied].mean()
-    return r
-
-
-def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's ρ: the Pearson correlation of the (average) ranks."""
-    rx, ry = ranks(x), ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denominator = np.sqrt((rx ** 2).sum() * (ry ** 2).sum())
-    return float((rx * ry).sum() / denominator) if denominator else float("nan")
-
+def lower_errors(a: Sequence[float], b: Sequence[float]) -> dict:
+    """One-sided Mann–Whitney U test that errors ``a`` tend to be lower than errors ``b`` (scipy.stats), with the
+    group sizes and medians; the p-value is None when either group is empty."""
+    from scipy import stats
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    out = {"n_a": len(a), "n_b": len(b), "median_a": float(np.median(a)) if len(a) else None,
+           "median_b": float(np.median(b)) if len(b) else None, "u": None, "p": None}
+    if len(a) and len(b):
+        test = stats.mannwhitneyu(a, b, alternative="less")
+        out |= {"u": float(test.statistic), "p": float(test.pvalue)}
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,12 +299,13 @@ def plot_rank_agreement(supernet_errors: Sequence[float], scratch_errors: Sequen
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     ax.scatter(supernet_errors, scratch_errors, s=18, color=FULL_COLOR, alpha=0.8, linewidths=0)
-    tau, rho = kendall_tau(supernet_errors, scratch_errors), spearman_rho(supernet_errors, scratch_errors)
+    r = rank_agreement(supernet_errors, scratch_errors)
     ax.set_xlabel("supernet error (%), shared weights, BN recalibrated")
     ax.set_ylabel("from-scratch error (%)")
     ax.set_title(title or f"rank agreement of {len(supernet_errors)} architectures")
-    ax.text(0.03, 0.97, f"Kendall τ = {tau:.2f}\nSpearman ρ = {rho:.2f}", transform=ax.transAxes, va="top",
-            fontsize=9, bbox=dict(boxstyle="round", facecolor="white", alpha=0.8))
+    ax.text(0.03, 0.97, f"Kendall τ = {r['kendall_tau']:.2f} (p = {r['kendall_p']:.2g})\n"
+                        f"Spearman ρ = {r['spearman_rho']:.2f} (p = {r['spearman_p']:.2g})", transform=ax.transAxes,
+            va="top", fontsize=9, bbox=dict(boxstyle="round", facecolor="white", alpha=0.8))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     if path is not None:

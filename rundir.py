@@ -133,7 +133,7 @@ def _lock(run_dir: Path) -> tuple[int, list[Path]]:
         os.close(fd)
 
 
-def _empty(run_dir: Path):
+def empty(run_dir: Path):
     """Remove everything in ``run_dir`` but the lock: files, temporary files and folders alike."""
     for p in run_dir.iterdir():
         if p.name == LOCK:
@@ -151,7 +151,8 @@ def _holds_a_run(run_dir: Path) -> bool:
 
 
 @contextmanager
-def run_folder(run_dir: Path, resume: bool = False, overwrite: bool = False, progress: str | None = "checkpoint.pt"):
+def run_folder(run_dir: Path, resume: bool = False, overwrite: bool = False, progress: str | None = "checkpoint.pt",
+               reuse: bool = False):
     """Hold ``run_dir`` for one run, from its checks to its last file.
 
     * A second run on the folder is refused with one line (a lock on ``<run_dir>/.lock``).
@@ -159,8 +160,13 @@ def run_folder(run_dir: Path, resume: bool = False, overwrite: bool = False, pro
       cannot resume) or ``overwrite``, which empties the folder first. Without ``resume`` the folder starts empty.
     * If the run fails or is interrupted before ``progress`` exists, the folder is emptied (and removed if this
       run made it), so a plain rerun starts clean; Ctrl-C and a divergence say what was kept.
+    * ``reuse``: resume when the folder holds a run's progress file (the caller refuses another identity, or
+      starts afresh), else start afresh, as ``overwrite`` would.
     """
     run_dir = Path(run_dir)
+    if reuse:
+        resume = progress is not None and (run_dir / progress).is_file()
+        overwrite = not resume
     if not is_main():                      # several processes: rank 0 holds and writes the folder
         yield run_dir
         return
@@ -175,12 +181,12 @@ def run_folder(run_dir: Path, resume: bool = False, overwrite: bool = False, pro
             raise RunError(f"{run_dir} already holds a run: pass {'--resume to continue it, ' if progress else ''}"
                            f"--overwrite to replace it, or --name for a new one")
         if not resume:
-            _empty(run_dir)
+            empty(run_dir)
         try:
             yield run_dir
         except BaseException as e:
             if not kept() and not resume:
-                _empty(run_dir)
+                empty(run_dir)
                 if created:
                     (run_dir / LOCK).unlink(missing_ok=True)
                     for d in reversed(created):

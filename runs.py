@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 import data as data_mod
 import distributed
-from rundir import RunError, load_checkpoint, os_error, run_folder, save_torch, write_atomic, write_json
+from rundir import RunError, empty, load_checkpoint, os_error, save_torch, write_atomic, write_json
 from search import SearchSettings
 from space import REDUCED, ExpandedSearchSpace, FileError
 from train import Diverged, SettingError, check_loss, check_settings, setting as option
@@ -80,13 +80,14 @@ class RunSettings:
     name: str = option("", "run name (default: derived from the settings)")
     resume: bool = option(False, "continue runs/<name> from its checkpoint")
     overwrite: bool = option(False, "replace an existing runs/<name>")
+    reuse: bool = option(False, "continue runs/<name> if it holds this very run (same settings and data), else replace it")
     progress: bool = option(True, "progress bars (on a terminal)")
     threads: int = option(0, "CPU threads (0: torch's default, one per core); results depend on it", "[0, 4096]")
     quick: bool = option(False, "tiny offline demo: reduced space, synthetic data, a few epochs")
 
     QUICK = dict(dataset="synthetic", synthetic_size=2000, **REDUCED)
     # fields that do not change the result, so a resumed run may differ in them
-    VOLATILE = ("resume", "overwrite", "progress", "quick", "name", "out", "device", "threads")
+    VOLATILE = ("resume", "overwrite", "reuse", "progress", "quick", "name", "out", "device", "threads")
 
     def ess(self, num_classes: int) -> ExpandedSearchSpace:
         """The Expanded Search Space of this run."""
@@ -103,8 +104,8 @@ class RunSettings:
             check_settings(self)
         if self.d_max % self.d_step or self.w_max % self.w_step:
             raise RunError("--d-step must divide --d-max and --w-step must divide --w-max")
-        if self.resume and self.overwrite:
-            raise RunError("--resume and --overwrite exclude each other")
+        if self.resume + self.overwrite + self.reuse > 1:
+            raise RunError("--resume, --overwrite and --reuse exclude each other")
         resolve_device(self.device)
         torch.set_num_threads(self.threads or TORCH_THREADS)
 
@@ -267,15 +268,22 @@ def train_run(trainer, fit: Callable, steps: int, cfg: RunSettings, run_dir: Pat
     epoch the divergence rule, the checkpoint (not of a suspect epoch), an epoch line (``describe(record)``) and
     a line of ``metrics.jsonl``; a progress bar with ``status(trainer, sums, n)``."""
     mine = identity(cfg, data_mod.fingerprint(data), device)
-    state = start
-    if cfg.resume:                   # rank 0 checks the checkpoint first, then every process reads it itself
-        state = load_checkpoint(run_dir / "checkpoint.pt") if distributed.is_main() else None
-        if state is not None:
-            check_identity(mine, state.get("identity"), ignore)
-        distributed.broadcast(None)
-        state = state or load_checkpoint(run_dir / "checkpoint.pt")
-    elif state is not None:
-        check_identity(mine, state.get("identity"), ignore)
+    state, resume = start, (run_dir / "checkpoint.pt").is_file() if cfg.reuse else cfg.resume
+    if resume:                       # rank 0 checks the checkpoint first, then every process reads it itself
+        keep = True
+        if distributed.is_main():
+            state = load_checkpoint(run_dir / "checkpoint.pt")
+            try:
+                check_identity(mine, state.get("identity"), ignore)
+            except RunError:
+                if not cfg.reuse:
+                    raise
+                empty(run_dir)       # --reuse: the folder holds another run, which this one replaces
+                state, keep = start, False
+        if distributed.broadcast(keep) and not distributed.is_main():
+            state = load_checkpoint(run_dir / "checkpoint.pt")
+    if state is start and start is not None:
+        check_identity(mine, start.get("identity"), ignore)
     if state is not None:
         try:
             trainer.load_state_dict(state)

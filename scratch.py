@@ -28,7 +28,7 @@ import data as data_mod
 import distributed
 import runs
 from flops import arch_flops, arch_params
-from rundir import RunError, load_checkpoint, run_folder, save_torch, write_atomic, write_json
+from rundir import RunError, empty, load_checkpoint, run_folder, save_torch, write_atomic, write_json
 from runs import RunSettings, option
 from space import Arch, ExpandedSearchSpace
 from supernet import Network, build
@@ -219,12 +219,19 @@ def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.Ima
         beside_nas = cfg.arch.endswith("nas.json") and not cfg.name
         run_dir = Path(cfg.arch).parent / "scratch" if beside_nas else Path(cfg.out) / (cfg.name or cfg.default_name())
     out = run_dir / "scratch.json"
-    with run_folder(run_dir, cfg.resume, cfg.overwrite, progress=out.name):
+    with run_folder(run_dir, cfg.resume, cfg.overwrite, out.name, cfg.reuse):
         data = data_mod.load_for(cfg, ess, runs.resolve_device(cfg.device)) if data is None else data
         mine = runs.identity(cfg, data_mod.fingerprint(data), runs.resolve_device(cfg.device))
         mine = json.loads(json.dumps(mine)) | {"arch": arch.to_dict()}
-        # several processes: rank 0 reads what earlier seeds left, every process learns it
-        result = distributed.broadcast(read_result(out, mine) if cfg.resume and distributed.is_main() else {})
+        result = {}          # what earlier seeds left: rank 0 reads it, every process learns it
+        if (out.is_file() if cfg.reuse else cfg.resume) and distributed.is_main():
+            try:
+                result = read_result(out, mine)
+            except RunError:
+                if not cfg.reuse:
+                    raise
+                empty(run_dir)       # --reuse: the folder holds another run, which this one replaces
+        result = distributed.broadcast(result)
         trained = list(result.get("runs", []))
         recipe = {**cfg.recipe_values(), "cutout": cfg.cutout_for(ess.num_classes)}
 

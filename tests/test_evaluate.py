@@ -122,7 +122,8 @@ def test_cli_rank_quick_writes_its_statistics_and_plot(tmp_path):
     result = json.loads((tmp_path / "runs" / "rank-quick" / "rank.json").read_text())
     n = len(result["archs"])
     assert 2 <= n <= 6 and len(result["supernet_errors"]) == len(result["scratch_errors"]) == n
-    assert result["kendall_tau"] == plots.kendall_tau(result["supernet_errors"], result["scratch_errors"])
+    assert result["kendall_tau"] == plots.rank_agreement(result["supernet_errors"], result["scratch_errors"])["kendall_tau"]
+    assert 0 <= result["kendall_p"] <= 1
     assert -1 <= result["spearman_rho"] <= 1 and result["recipe"]["name"] == "fast" and result["recipe"]["epochs"] == 3
     assert (tmp_path / "runs" / "rank-quick" / "rank.png").stat().st_size > 10_000
     assert "Kendall τ" in proc.stdout

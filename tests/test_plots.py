@@ -1,8 +1,8 @@
-import pytest
 """plots.py: Pareto fronts, EDFs, Table 1 and every figure, checked by hand-computed examples."""
 import math
 
 import numpy as np
+import pytest
 
 import plots
 from flops import format_flops
@@ -67,12 +67,25 @@ def test_every_plot_writes_a_png(tmp_path):
 
 
 def test_rank_statistics_by_hand():
+    agree = lambda x, y: plots.rank_agreement(x, y)
     # two swapped neighbours in 5: 8 concordant and 2 discordant pairs; Σd² = 4
-    assert plots.kendall_tau([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == 0.6
-    assert plots.spearman_rho([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == 1 - 6 * 4 / (5 * 24)
+    r = agree([1, 2, 3, 4, 5], [2, 1, 4, 3, 5])
+    assert r["kendall_tau"] == pytest.approx(0.6) and r["spearman_rho"] == pytest.approx(1 - 6 * 4 / (5 * 24))
+    assert r["n"] == 5 and 0 < r["kendall_p"] < 1 and 0 < r["spearman_p"] < 1
     # ties: τ-b = 4 / √(5 · 5); ρ on average ranks (1.5, 1.5, 3, 4) and (1, 2.5, 2.5, 4) = 3.75 / 4.5
-    assert plots.kendall_tau([1, 1, 2, 3], [1, 2, 2, 3]) == 0.8
-    assert abs(plots.spearman_rho([1, 1, 2, 3], [1, 2, 2, 3]) - 3.75 / 4.5) < 1e-12
-    assert plots.ranks([3.0, 1.0, 3.0, 2.0]).tolist() == [3.5, 1.0, 3.5, 2.0]
-    assert plots.kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0 and plots.spearman_rho([1, 2, 3], [30, 20, 10]) == -1.0
-    assert math.isnan(plots.kendall_tau([1, 1, 1], [1, 2, 3]))
+    r = agree([1, 1, 2, 3], [1, 2, 2, 3])
+    assert r["kendall_tau"] == pytest.approx(0.8) and r["spearman_rho"] == pytest.approx(3.75 / 4.5)
+    assert agree([1, 2, 3], [3, 2, 1])["kendall_tau"] == pytest.approx(-1.0)
+    with pytest.warns(Warning, match="constant"):          # scipy says so for a constant input
+        assert math.isnan(agree([1, 1, 1], [1, 2, 3])["kendall_tau"])
+    # τ = 1 over 5 points: the exact two-sided p is 2/5! (one ordering of 120 as extreme, either way)
+    assert agree([1, 2, 3, 4, 5], [1, 2, 3, 4, 5])["kendall_p"] == pytest.approx(2 / 120)
+
+
+def test_lower_errors_is_a_one_sided_mann_whitney_test():
+    # every a below every b: U = 0, and the exact one-sided p is 1 / C(6, 3) = 1/20
+    r = plots.lower_errors([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    assert r["u"] == 0 and r["p"] == pytest.approx(1 / 20) and (r["n_a"], r["n_b"]) == (3, 3)
+    assert (r["median_a"], r["median_b"]) == (2.0, 5.0)
+    assert plots.lower_errors([4.0, 5.0, 6.0], [1.0, 2.0, 3.0])["p"] == pytest.approx(1.0)   # the other way round
+    assert plots.lower_errors([], [1.0])["p"] is None

@@ -300,3 +300,19 @@ def test_cli_failures_are_one_line_with_their_exit_code(tmp_path, args, code, me
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == code and len(lines) == 1 and message in lines[0], proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_reuse_continues_this_very_run_and_replaces_another(tmp_path):
+    """--reuse (what the notebooks pass): a finished run of the same identity is continued (nothing is trained
+    again, the same result comes back); a run of other settings in the folder is replaced, not mixed in."""
+    first = nss.run(tiny_cfg(tmp_path, name="r", epochs=2))
+    trained = []
+    again = nss.run(tiny_cfg(tmp_path, name="r", epochs=2, reuse=True), callback=lambda s, r: trained.append(r))
+    assert trained == [] and again["elite_space"] == first["elite_space"] and again["probs"] == first["probs"]
+    (tmp_path / "r" / "stray.txt").write_text("left by the first run")
+    other = nss.run(tiny_cfg(tmp_path, name="r", epochs=2, lam=2.0, reuse=True), callback=lambda s, r: trained.append(r))
+    assert len(trained) == 2 and not (tmp_path / "r" / "stray.txt").exists()
+    assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["config"]["lam"] == 2.0
+    assert other["history"] != first["history"]
+    with pytest.raises(runs.RunError, match="exclude each other"):
+        runs.parse_config(nss.NSSConfig, ["--reuse", "--overwrite"])
