@@ -46,6 +46,13 @@ class ImageData:
     def image_size(self) -> int:
         return self.train_x.shape[-1]
 
+    def subset(self, n_train: int, n_test: int, seed: int = 0) -> ImageData:
+        """A seeded random subset of ``n_train`` training and ``n_test`` test images (for quick looks at real data)."""
+        pick = lambda n, m: torch.randperm(m, generator=torch.Generator().manual_seed(seed))[:n].to(self.train_y.device)
+        tr, te = pick(n_train, len(self.train_y)), pick(n_test, len(self.test_y))
+        return ImageData(self.name, self.train_x[tr], self.train_y[tr], self.test_x[te], self.test_y[te],
+                         self.num_classes, self.mean, self.std, self.classes)
+
     def to(self, device) -> ImageData:
         move = lambda t: t.to(device)
         return ImageData(self.name, move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y),

@@ -126,13 +126,17 @@ def test_error(forward: Callable, images: torch.Tensor, labels: torch.Tensor, ba
 
 def eval_tensors(data: data_mod.ImageData, calib_images: int, test_images: int | None, seed: int,
                  channels_last: bool = False):
-    """Normalised BN-calibration images (a seeded subset of the training set) and test images."""
+    """Normalised BN-calibration images (a seeded subset of the training set) and test images (all, or a seeded
+    subset of ``test_images``)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     idx = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(seed))[:calib_images]
     calib = data_mod.normalize(data.train_x[idx.to(data.train_x.device)], data.mean, data.std).contiguous(memory_format=fmt)
     n = len(data.test_y) if not test_images else min(test_images, len(data.test_y))
-    test = data_mod.normalize(data.test_x[:n], data.mean, data.std).contiguous(memory_format=fmt)
-    return calib, test, data.test_y[:n]
+    # a seeded subset when not all: the test images of an image folder come sorted by class
+    pick = slice(None) if n == len(data.test_y) else torch.randperm(
+        len(data.test_y), generator=torch.Generator().manual_seed(seed))[:n].to(data.test_y.device)
+    test = data_mod.normalize(data.test_x[pick], data.mean, data.std).contiguous(memory_format=fmt)
+    return calib, test, data.test_y[pick]
 
 
 def weights_of(net: Network) -> dict:

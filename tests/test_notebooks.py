@@ -111,12 +111,19 @@ finally:
 """
 
 
+@pytest.fixture(scope="module")
+def shared_runs(tmp_path_factory):
+    """One run folder for every notebook's smoke run, as a user's NSS_OUT: 03, 04 and 05 reuse 02's NSS runs and
+    evaluation supernet (--reuse) instead of training them again."""
+    return tmp_path_factory.mktemp("notebook-runs")
+
+
 @pytest.mark.slow
-def test_plain_run_needs_no_jupyter(tmp_path):
+def test_plain_run_needs_no_jupyter(tmp_path, shared_runs):
     """``render.py --plain`` runs notebook 02 at smoke scale where no Jupyter module can be imported, and writes
     its figures and findings.json."""
     out = tmp_path / "out"
-    env = {**os.environ, "NSS_OUT": str(tmp_path / "runs"), "NSS_DEVICE": "cpu"}
+    env = {**os.environ, "NSS_OUT": str(shared_runs), "NSS_DEVICE": "cpu"}
     done = subprocess.run([sys.executable, "-c", NO_JUPYTER, ",".join(JUPYTER), str(ROOT / "notebooks" / "render.py"),
                            "--plain", "--scale", "smoke", "--out", str(out), "02"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -126,24 +133,55 @@ def test_plain_run_needs_no_jupyter(tmp_path):
     findings = json.loads((out / "02_elite_spaces" / "findings.json").read_text())
     assert {"scale", "dataset", "targets", "architectures_per_group", "mean_deviation_pct", "per_target",
             "elite_lower_median_error_at", "chance_error", "median_error_full_space"} <= set(findings)
-    assert findings["scale"] == "smoke" and len(findings["per_target"]) == len(findings["targets"]) == 3
+    assert findings["scale"] == "smoke" and len(findings["per_target"]) == len(findings["targets"]) == 2
+    assert findings["data"] == {"name": "synthetic", "training_images": 1000, "test_images": 250, "classes": 10}
     for row in findings["per_target"].values():
         assert {"elite_space", "deviation_pct", "within_10pct_elite", "within_10pct_full", "median_error_elite",
-                "elite_on_pareto_front"} <= set(row)
+                "elite_on_pareto_front", "mann_whitney_elite_lower"} <= set(row)
+        test = row["mann_whitney_elite_lower"]
+        assert test["p"] is None or 0 <= test["p"] <= 1
     pngs = list((out / "02_elite_spaces" / "figures").glob("*.png"))
     assert len(pngs) == 2 and all(p.stat().st_size > 5000 for p in pngs)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", [p for p in NOTEBOOKS if not p.stem.startswith("02")], ids=lambda p: p.stem)
-def test_runs_at_smoke_scale(path, tmp_path):
+def test_runs_at_smoke_scale(path, tmp_path, shared_runs):
     """Every notebook but 02 in a Jupyter kernel (02 runs its code cells without Jupyter, above: the same
     cells, and the suite's time budget has room for one run of each notebook)."""
     pytest.importorskip("nbclient")
     figures = tmp_path / "figures"
-    nb = render.execute(path, "smoke", timeout=600, env={"NSS_OUT": str(tmp_path / "runs"), "NSS_FIGURES": str(figures),
+    nb = render.execute(path, "smoke", timeout=600, env={"NSS_OUT": str(shared_runs), "NSS_FIGURES": str(figures),
                                                          "NSS_DEVICE": "cpu"})
     pngs = list(figures.rglob("*.png"))
     assert pngs and all(p.stat().st_size > 5000 for p in pngs), "the notebook wrote no figure"
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+
+
+CPU_ENV = {"NSS_DEVICE": "cpu", "NSS_DATASET": "folder", "NSS_DATA_DIR": "/nowhere/cifar10-jpeg"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_cpu_scale_is_real_data_in_the_reduced_space_with_enough_for_its_statistics(path, tmp_path):
+    """The cpu scale's settings alone (the first code cell, which reads no data): real images from the environment's
+    dataset, the reduced space of 512 candidate spaces, and groups large enough for the tests each notebook reports."""
+    ns = render.run_cells(path, render.code_cells(path)[:1], "cpu", {**CPU_ENV, "NSS_OUT": str(tmp_path)})
+    assert ns["SCALE"] == "cpu"
+    name = path.stem[:2]
+    if name == "01":
+        assert ns["SMALL_DATA"] == "folder" and ns["SMALL_IMAGES"] >= 2000
+        return
+    data = ns.get("DATA", {})
+    assert data == {"dataset": "folder", "data_dir": "/nowhere/cifar10-jpeg"}
+    from space import ExpandedSearchSpace
+    steps = ns.get("SPACE") or {**ns["STEPS"], "d_max": max(ns["D_MAXES"]), "w_max": max(ns["W_MAXES"])}
+    assert ExpandedSearchSpace(**steps).num_spaces == 512
+    if name == "02":
+        assert len(ns["TARGETS"]) >= 2 and ns["N_ARCHS"] >= 40 and ns["N_BAND"] >= 20
+    if name == "03":
+        assert len(ns["TARGETS"]) >= 2 and ns["SCRATCH"]["seeds"] >= 2 and ns["REPEATS"] >= 100
+    if name == "04":
+        assert len(ns["D_MAXES"]) * len(ns["W_MAXES"]) >= 4 and ns["N_SAMPLES"] >= 50
+    if name == "05":
+        assert ns["N"] >= 50
