@@ -332,3 +332,119 @@ def plot_error_edfs(panels: list[tuple[str, dict]], path: str | Path | None = No
         save_figure(fig, path)
     return fig
 
+
+
+# --------------------------------------------------------------------------------------------
+# The claims of the paper against what the notebooks measured (the README's Results)
+# --------------------------------------------------------------------------------------------
+
+def _verdict(p, direction: bool, alpha: float = 0.05) -> str:
+    """'holds' when the measured direction is the paper's and, with a test, p < alpha; else 'not shown' or 'opposite'."""
+    if not direction:
+        return "opposite"
+    return "holds" if p is None or p < alpha else "not shown (p ≥ 0.05)"
+
+
+def claims(results: str | Path) -> list[dict]:
+    """One row per claim of the paper, from the notebooks' ``<results>/<notebook>/findings.json`` (and the rank
+    agreement's ``<results>/rank/rank.json``): what the paper reports, what was measured, and whether it holds."""
+    root = Path(results)
+    read = lambda name: json.loads((root / name).read_text()) if (root / name).is_file() else None
+    nb02, nb03 = read("02_elite_spaces/findings.json"), read("03_nas_table1/findings.json")
+    nb04, nb05, rank = read("04_bridging_the_gap/findings.json"), read("05_design_principles/findings.json"), read("rank/rank.json")
+    rows = []
+    add = lambda claim, paper, measured, verdict: rows.append({"claim": claim, "paper": paper, "measured": measured,
+                                                               "verdict": verdict})
+    if nb02:
+        per = nb02["per_target"]
+        add("Elite Spaces sit at their FLOPs target (Fig. 3)", "Elite Spaces align with the Pareto front at every target",
+            "; ".join(f"{t}: |Δ| {v['deviation_pct']:.1f}%, {100 * v['within_10pct_elite']:.0f}% of its samples within ±10% "
+                      f"(full space {100 * v['within_10pct_full']:.0f}%)" for t, v in per.items()),
+            _verdict(None, all(v["within_10pct_elite"] > v["within_10pct_full"] for v in per.values())))
+        tests = {t: v["mann_whitney_elite_lower"] for t, v in per.items()}
+        add("Elite Spaces hold better networks at equal FLOPs (Fig. 3)", "orange dots below the blue ones near the target",
+            "; ".join(f"{t}: median error {r['median_a']:.1f}% vs {r['median_b']:.1f}% within ±10%, Mann–Whitney p = "
+                      f"{r['p']:.2g} (n = {r['n_a']}, {r['n_b']})" if r["p"] is not None else f"{t}: no sample in the band"
+                      for t, r in tests.items()),
+            min((_verdict(r["p"], r["median_a"] < r["median_b"]) for r in tests.values() if r["p"] is not None),
+                key=["opposite", "not shown (p ≥ 0.05)", "holds"].index, default="cannot be read"))
+    if rank:
+        add("The evaluation supernet ranks architectures (basis of §4.2)", "(assumed)",
+            f"Kendall τ = {rank['kendall_tau']:.2f} (p = {rank['kendall_p']:.2g}) between supernet and from-scratch errors "
+            f"of {len(rank['archs'])} architectures", _verdict(rank["kendall_p"], rank["kendall_tau"] > 0))
+    if nb03:
+        e, f = nb03["elite"], nb03["full"]
+        add("NAS in Elite Spaces meets the FLOPs target closer (Table 1)", "mean |Δ| 2.1% vs 5.5% (CIFAR-10)",
+            f"mean |Δ| {e['mean_deviation_pct']:.1f}% vs {f['mean_deviation_pct']:.1f}%",
+            _verdict(None, e["mean_deviation_pct"] < f["mean_deviation_pct"]))
+        per = nb03["per_target"]
+        add("NAS in Elite Spaces needs fewer samples (Table 1)", "5 vs 43.2 samples to reach ±10% (CIFAR-10)",
+            "; ".join(f"{t}: {v['elite']['samples_until_within']['mean']:.1f} vs {v['full']['samples_until_within']['mean']:.1f}"
+                      f" samples until within ±10% (mean of {v['elite']['samples_until_within']['repeats']} repeats), "
+                      f"Mann–Whitney p = {v['mann_whitney_fewer_samples_elite']['p']:.2g}" for t, v in per.items()),
+            min((_verdict(v["mann_whitney_fewer_samples_elite"]["p"], v["elite"]["samples_until_within"]["mean"] <
+                          v["full"]["samples_until_within"]["mean"]) for v in per.values()),
+                key=["opposite", "not shown (p ≥ 0.05)", "holds"].index))
+        spreads = [float(np.std(v[k]["errors"])) for v in per.values() for k in ("elite", "full")]
+        gaps = [v["full"]["mean_error"] - v["elite"]["mean_error"] for v in per.values()]
+        add("Networks found in Elite Spaces have lower errors (Table 1)", "4.0% vs 4.5% error (CIFAR-10, 3 seeds)",
+            f"mean error {e['mean_error']:.1f}% vs {f['mean_error']:.1f}% over {nb03['seeds']} seeds; gaps per target "
+            f"{', '.join(f'{g:+.1f}' for g in gaps)} points against a seed std up to {max(spreads):.1f}",
+            "cannot be read at this scale" if min(abs(g) for g in gaps) <= max(spreads)
+            else _verdict(None, all(g > 0 for g in gaps)))
+    if nb04:
+        sp = nb04["spaces"]
+        largest = max((k for k in sp if k != "Elite Space"), key=lambda k: sp[k]["max_flops"])
+        add("NAS finds fewer networks near the target as spaces grow (Fig. 5a–b, 5d)", "sparser samples in complex spaces",
+            "share of draws within ±10% per level: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in
+                                                                 nb04["level_share_within_10pct"].items()),
+            _verdict(None, nb04["share_falls_from_level_to_level"]))
+        r = nb04["mann_whitney_elite_lower_within"]
+        add("NAS in the Elite Space gives denser and better samples (Fig. 5c)", "denser samples and lower errors",
+            f"within ±10%: {100 * sp['Elite Space']['share_within_10pct']:.0f}% vs {100 * sp[largest]['share_within_10pct']:.0f}% "
+            f"of the draws; errors within ±10% Mann–Whitney p = " + (f"{r['p']:.2g}" if r["p"] is not None else "–"),
+            _verdict(r["p"], nb04["elite_denser"] and nb04["elite_lower_median_error"]))
+    if nb05:
+        for banded, paper in (("with_band", "RegNet's principles slightly better"), ("without_band", "Elite ordering better")):
+            r, side = nb05[banded]["mann_whitney_elite_lower"], "with" if banded == "with_band" else "without"
+            measured = (f"median error {nb05[banded]['elite']['median_error']:.1f}% (Elite ordering) vs "
+                        f"{nb05[banded]['regnet']['median_error']:.1f}% (RegNet), Mann–Whitney p = {r['p']:.2g}")
+            elite_better = r["median_a"] < r["median_b"]
+            verdict = _verdict(r["p"], elite_better) if banded == "without_band" else (
+                "holds" if not elite_better or r["p"] >= 0.05 else "opposite")
+            add(f"Design principles {side} a FLOPs constraint (Fig. 6{'a' if banded == 'with_band' else 'b'})", paper,
+                measured, verdict)
+    return rows
+
+
+def claims_table(results: str | Path) -> str:
+    """The claims as a Markdown table (the README's Results section)."""
+    lines = ["| claim | the paper | measured | holds? |", "|---|---|---|---|"]
+    cell = lambda text: text.replace("|", "\\|")                  # "|Δ|" must not split a cell
+    lines += ["| " + " | ".join(cell(r[k]) for k in ("claim", "paper", "measured", "verdict")) + " |" for r in claims(results)]
+    return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- claims: generated by `python plots.py claims results/cpu --readme README.md` -->", "<!-- claims end -->"
+
+
+def write_claims(results: str | Path, readme: str | Path | None = None) -> str:
+    """Print the claims table; with ``readme``, replace the part of it between BEGIN and END with the table."""
+    table = claims_table(results)
+    if readme is not None:
+        text = Path(readme).read_text()
+        if BEGIN not in text or END not in text:
+            raise SystemExit(f"{readme} has no claims section ({BEGIN} … {END})")
+        head, rest = text.split(BEGIN, 1)
+        Path(readme).write_text(f"{head}{BEGIN}\n{table}{END}{rest.split(END, 1)[1]}")
+    return table
+
+
+if __name__ == "__main__":
+    import argparse
+    parser = argparse.ArgumentParser(description="The paper's claims against the notebooks' findings.")
+    parser.add_argument("command", choices=["claims"])
+    parser.add_argument("results", help="a folder of <notebook>/findings.json, e.g. results/cpu")
+    parser.add_argument("--readme", default=None, help="rewrite this README's claims section")
+    args = parser.parse_args()
+    print(write_claims(args.results, args.readme), end="")
