@@ -214,9 +214,11 @@ class Searcher:
                 task = F.cross_entropy(self.supernet.run(x, plans).float(), y)
             # the forward runs plan.depth blocks of plan.width channels per stage whatever the masks
             executed = arch_flops(Arch(tuple(p.depth for p in plans), tuple(p.width for p in plans)), self.ess)
-        loss = task + (s.lam * flops_term).to(task.device)
+        # one backward from both terms, each where it lives (Eq. 5's sum of their gradients): no scalar goes to the
+        # device, and Θ's gradient comes back through the masked plan's transfer, one device→host copy
+        terms = ([task] if x is not None else []) + [s.lam * flops_term]
         params = list(self.theta.parameters())
-        for p, g in zip(params, torch.autograd.grad(loss, params)):
+        for p, g in zip(params, torch.autograd.grad(terms, params)):
             p.grad = g
         self.average_grads(params)
         self.arch_opt.step()

@@ -4,18 +4,22 @@
 
 In one launch it runs, in order: a tiny NSS search that records digests of Θ, the weights, the BN buffers and
 the sampled architecture after every weight and Θ step (``steps``); a search interrupted by Ctrl-C after its
-second epoch and resumed, beside the same search uninterrupted (``kill_and_resume``); scoring and from-scratch
-training, which the processes split (``score_and_scratch``). What each rank saw goes to <out>/rank<R>.json.
+second epoch and resumed, beside the same search uninterrupted, recording what the resume sends through object
+collectives (``kill_and_resume``); scoring and from-scratch training, which the processes split
+(``score_and_scratch``). What each rank saw goes to <out>/rank<R>.json.
 """
 import hashlib
 import json
+import pickle
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 
 import distributed  # noqa: E402
 import evaluate as ev  # noqa: E402
@@ -83,8 +87,32 @@ def kill_and_resume(out: Path) -> dict:
     except KeyboardInterrupt as e:
         interrupted = str(e) or type(e).__name__
     epoch = torch.load(out / "cut" / "checkpoint.pt", weights_only=True)["epoch"] if distributed.is_main() else None
-    resumed = nss.run(runs.parse_config(nss.NSSConfig, [*argv, "--name", "cut", "--resume"]))
-    return {"whole": whole, "interrupted": interrupted, "epoch_kept": epoch, "resumed": resumed}
+    checkpoint_bytes = (out / "cut" / "checkpoint.pt").stat().st_size
+    with objects_sent() as sent:
+        resumed = nss.run(runs.parse_config(nss.NSSConfig, [*argv, "--name", "cut", "--resume"]))
+    return {"whole": whole, "interrupted": interrupted, "epoch_kept": epoch, "resumed": resumed,
+            "checkpoint_bytes": checkpoint_bytes, "resume_objects_sent": sent}
+
+
+@contextmanager
+def objects_sent():
+    """The pickled size of every object this process hands to an object collective (all_gather_object,
+    broadcast_object_list: what torch pickles, and allocates world-size times over) while inside."""
+    sizes = []
+    gather, broadcast = dist.all_gather_object, dist.broadcast_object_list
+
+    def all_gather_object(object_list, obj, *args, **kwargs):
+        sizes.append(len(pickle.dumps(obj)))
+        return gather(object_list, obj, *args, **kwargs)
+
+    def broadcast_object_list(object_list, *args, **kwargs):
+        sizes.append(len(pickle.dumps(object_list)))
+        return broadcast(object_list, *args, **kwargs)
+    dist.all_gather_object, dist.broadcast_object_list = all_gather_object, broadcast_object_list
+    try:
+        yield sizes
+    finally:
+        dist.all_gather_object, dist.broadcast_object_list = gather, broadcast
 
 
 def score_and_scratch(out: Path, supernet: str, world: int) -> dict:

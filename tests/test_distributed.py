@@ -54,7 +54,8 @@ def test_rank_zero_alone_writes(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_two_processes_under_torchrun(tmp_path):
     """One launch, several properties: the ranks stay bit-identical and follow one process with the same global
-    batch; a run interrupted on both ranks resumes to the uninterrupted result; split work equals one process's."""
+    batch; a run interrupted on both ranks resumes to the uninterrupted result, without sending its checkpoint between
+    them; split work equals one process's."""
     common = dict(dataset="synthetic", synthetic_size=400, **REDUCED, device="cpu", progress=False)
     ev.train_supernet(ev.SupernetConfig(**common, out=str(tmp_path), name="net", epochs=1, batch_size=64, lr=0.1))
     supernet = str(tmp_path / "net" / "supernet.pt")
@@ -91,6 +92,11 @@ def test_two_processes_under_torchrun(tmp_path):
     assert "--resume" in ranks[0]["interrupted"] and ranks[1]["interrupted"] and ranks[0]["epoch_kept"] == 2
     for r in ranks:
         assert strip_times(r["resumed"]) == strip_times(r["whole"])
+    # ... and the resume sends no checkpoint between the processes (rank 0 checks it, every rank reads it itself):
+    # only small objects go through the object collectives, which allocate world-size times what they send
+    assert ranks[0]["checkpoint_bytes"] > 100_000
+    for r in ranks:
+        assert max(r["resume_objects_sent"], default=0) < 1000, r["resume_objects_sent"]
 
     # 3. scoring and from-scratch seeds split over 2 ranks give the one-process result, on every rank
     for r in ranks:
