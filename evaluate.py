@@ -15,7 +15,7 @@
 * From scratch: ``build(arch)`` trained over several seeds by a recipe of ``scratch.py`` (Table 1).
 * Rank agreement: Kendall's τ and Spearman's ρ between supernet and from-scratch errors.
 
-EDFs, Pareto fronts, the figures and Table 1 are drawn by ``plots.py``; ``python demo.py`` runs every
+EDFs, Pareto fronts, the figures and Table 1 are drawn by ``plots.py``; ``python notebooks/render.py --plain`` runs every
 protocol end to end on synthetic data.
 """
 from __future__ import annotations
@@ -432,8 +432,8 @@ COMMANDS = {"supernet": (SupernetConfig, lambda c: f"supernet written to {train_
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--quick"]:
-        raise RunError("the end-to-end demo of every protocol is `python demo.py`; `evaluate.py rank --quick` runs "
-                       "the rank agreement alone")
+        raise RunError("the end-to-end demo of every protocol is the notebooks at smoke scale (`python notebooks/render.py "
+                       "--plain`); `evaluate.py rank --quick` runs the rank agreement alone")
     if argv and argv[0] in COMMANDS:
         cls, action = COMMANDS[argv[0]]
         print(action(runs.parse_config(cls, argv[1:], description=f"evaluate.py {argv[0]}: {cls.__doc__}")))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = ["space.py", "flops.py", "supernet.py", "train.py", "search.py"]
-COMMAND_LINES = {"nss", "nas", "evaluate", "demo", "bench"}
+COMMAND_LINES = {"nss", "nas", "evaluate", "bench"}
 
 USER_CODE = '''
 import torch
