@@ -20,9 +20,15 @@ from __future__ import annotations
 import datetime
 import itertools
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+
+if __name__ == "__main__":           # Ctrl-C while the imports below load: one line, exit code 130
+    import startup
+    startup.guard()
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -30,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import data as data_mod
 import evaluate
 import runs
-from rundir import RunError, write_json
+from rundir import write_json
 from flops import arch_flops, flops_range, format_flops, space_flops
 from scratch import ScratchConfig, train_from_scratch
 from search import SearchSettings, Searcher
@@ -258,23 +264,31 @@ def print_rows(rows: list[dict]):
         print("  ".join(parts), flush=True)
 
 
+@dataclass
+class BenchFlags:
+    """The command line of ``bench.py``: each setting with its range, checked before anything runs."""
+
+    device: str = runs.option("auto", "auto | cpu | cuda | cuda:N")
+    quick: bool = runs.option(False, "tiny sizes, seconds on a CPU (the tests run this)")
+    data_dir: str = runs.option("", "an image-folder copy of CIFAR-10 for the from-scratch benchmark")
+    steps: int = runs.option(BenchConfig.steps, "timed steps per step benchmark", "[1, 1e6]")
+    epoch_steps: int = runs.option(BenchConfig.epoch_steps, "time this many steps of an NSS epoch and scale up "
+                                                            "(0: whole epochs)", "[0, 1e6]")
+    scratch_epochs: int = runs.option(BenchConfig.scratch_epochs, "from-scratch epochs, with --data-dir", "[1, 1e5]")
+    out: str = runs.option(BenchConfig.out, "the JSON file of the results", path="output file")
+
+    QUICK = {name: getattr(quick_config("cpu"), name) for name in ("steps", "epoch_steps", "scratch_epochs")}
+
+    def check(self):
+        runs.check_fields(self)
+        runs.resolve_device(self.device)
+
+
 def main(argv=None) -> int:
-    parser = runs._Parser(description=__doc__.split("\n\n")[0])      # errors are one line, exit code 2
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds on a CPU (the tests run this)")
-    parser.add_argument("--data-dir", default="", help="an image-folder copy of CIFAR-10 for the from-scratch benchmark")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per step benchmark")
-    parser.add_argument("--epoch-steps", type=int, default=None, help="time this many steps of an NSS epoch and scale up")
-    parser.add_argument("--scratch-epochs", type=int, default=None)
-    parser.add_argument("--out", default="bench.json")
-    args = parser.parse_args(argv)
-    cfg = quick_config(args.device) if args.quick else BenchConfig(device=args.device)
-    cfg.data_dir, cfg.out = args.data_dir, args.out
-    for name, least in (("steps", 1), ("epoch_steps", 0), ("scratch_epochs", 1)):
-        if getattr(args, name) is not None:
-            if getattr(args, name) < least:
-                raise RunError(f"{runs.flag(name)} must be at least {least}, got {getattr(args, name)}")
-            setattr(cfg, name, getattr(args, name))
+    flags = runs.parse_config(BenchFlags, argv, description=__doc__.split("\n\n")[0], prog="bench.py")
+    cfg = quick_config(flags.device) if flags.quick else BenchConfig(device=flags.device)
+    for name in ("data_dir", "out", "steps", "epoch_steps", "scratch_epochs"):
+        setattr(cfg, name, getattr(flags, name))
     run(cfg)
     return 0
 

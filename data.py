@@ -13,6 +13,7 @@ Run ``python data.py`` for a short demo on synthetic data.
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +23,10 @@ import torch.nn.functional as F
 
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+# the archive torchvision downloads, and the folder it unpacks to inside the data folder
+CIFAR_FILES = {"cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-batches-py"),
+               "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "cifar-100-python")}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 class DataError(Exception):
@@ -131,17 +136,65 @@ def _read_cifar(name: str, root: Path, download: bool):
     import torchvision
 
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    corrupt = _corrupt_cifar_files(cls, root)       # files there that fail their checksum: not a missing dataset
+    made = [p for p in (root, *root.parents) if not p.exists()]     # the folders a failed download would leave
     try:
         sets = [cls(str(root), train=train, download=download) for train in (True, False)]
     except Exception as e:   # torchvision raises RuntimeError when missing, URLError & co. offline
-        how = "" if download else " (downloading is off: --no-download)"
-        raise DataError(f"{name} is not in {root.resolve()} and could not be downloaded{how}: "
-                        f"connect to the network and pass --download, or point --data-dir at an existing copy "
-                        f"[{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}]") from None
+        if corrupt:
+            raise DataError(f"{name} in {root.resolve()} is corrupt: {', '.join(corrupt)} fail{'s' * (len(corrupt) == 1)} "
+                            f"{'its' if len(corrupt) == 1 else 'their'} checksum{'' if download else ' (and downloading is off: --no-download)'}; delete "
+                            f"{root.resolve() / cls.base_folder} and download it again (--download), or point "
+                            f"--data-dir at a good copy") from None
+        if made:             # what a failed download left (an empty ./data), then the folders made above it
+            shutil.rmtree(root, ignore_errors=True)
+            for p in made[1:]:
+                _rmdir_if_empty(p)
+        url, folder = CIFAR_FILES[name]
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}" if download else "--no-download"
+        raise DataError(f"{name} is not in {root.resolve()} and could not be downloaded ({why}): download {url} and "
+                        f"unpack it into --data-dir, so that {root.resolve() / folder}/ holds its files; or point "
+                        f"--data-dir at a copy; or use --dataset folder with an image folder") from None
     out = []
     for s in sets:
         out += [torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(s.targets, dtype=torch.long)]
     return tuple(out), len(sets[0].classes)
+
+
+def _corrupt_cifar_files(cls, root: Path) -> list[str]:
+    """The files of a torchvision CIFAR dataset (its archive, batches and meta file) that are in ``root`` but fail
+    their md5 checksum."""
+    from torchvision.datasets.utils import check_integrity
+
+    folder = root / cls.base_folder
+    files = [(folder / f, md5) for f, md5 in (*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"]))]
+    files.append((root / cls.filename, cls.tgz_md5))
+    return [p.name for p, md5 in files if p.is_file() and not check_integrity(str(p), md5)]
+
+
+def _rmdir_if_empty(path: Path):
+    """Remove ``path`` if it is an empty folder."""
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def class_names(data: ImageData, data_dir: str | Path = "./data") -> list[str]:
+    """The names of a dataset's classes in label order: an image folder's, CIFAR-10's, CIFAR-100's (from its meta
+    file in ``data_dir``), else the label numbers."""
+    if data.classes:
+        return list(data.classes)
+    if data.name == "cifar10":
+        return list(CIFAR10_CLASSES)
+    if data.name == "cifar100":
+        import pickle
+        try:
+            with open(Path(data_dir) / CIFAR_FILES["cifar100"][1] / "meta", "rb") as f:
+                return list(pickle.load(f, encoding="latin1")["fine_label_names"])
+        except (OSError, KeyError, pickle.UnpicklingError, EOFError):
+            pass
+    return [str(i) for i in range(data.num_classes)]
 
 
 def _class_dirs(split_dir: Path, data_dir) -> list[Path]:
@@ -172,7 +225,7 @@ def _rgb8(im):
 def _read_folder(split_dir: Path, data_dir):
     """Decode every image of ``split_dir/<class>/*`` (classes sorted, as torchvision's ImageFolder)."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError    # Pillow comes with torchvision
+    from PIL import Image    # Pillow comes with torchvision
 
     dirs = _class_dirs(split_dir, data_dir)
     images, labels = [], []
@@ -184,11 +237,13 @@ def _read_folder(split_dir: Path, data_dir):
         if not files:
             raise DataError(f"the class folder {d.resolve()} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for f in files:
-            try:
+            try:      # the whole decode inside: PIL's DecompressionBombError is no OSError, zlib's error neither
                 with Image.open(f) as im:
                     images.append(_rgb8(im))
-            except (OSError, UnidentifiedImageError) as e:
-                raise DataError(f"cannot decode {f}: {e}") from None
+            except MemoryError:
+                raise
+            except Exception as e:
+                raise DataError(f"cannot decode {f} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         labels += [label] * len(files)
     if len({im.shape for im in images}) > 1:
         raise DataError(f"images in {split_dir.resolve()} have different sizes; resize them to one size first")

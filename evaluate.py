@@ -20,12 +20,19 @@ protocol end to end on synthetic data.
 """
 from __future__ import annotations
 
+import copy
+import json
 import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
+
+
+if __name__ == "__main__":           # Ctrl-C while the imports below load: one line, exit code 130
+    import startup
+    startup.guard()
 
 import numpy as np
 import torch
@@ -36,7 +43,7 @@ import distributed
 import plots
 import runs
 from flops import arch_flops, arch_params, batch_arch_flops, format_flops
-from rundir import RunError, load_checkpoint, run_folder, save_torch, write_atomic, write_json
+from rundir import RunError, load_checkpoint, reading, run_folder, save_torch, write_atomic, write_json
 from runs import RunSettings, option, space_label
 from scratch import ScratchConfig, TrainSettings, eval_tensors, run_scratch, save_network, test_error, train_from_scratch
 from space import Arch, ExpandedSearchSpace, Space
@@ -48,19 +55,27 @@ from train import autocast, train_step
 # Sampling architectures (§4.2, §4.5)
 # --------------------------------------------------------------------------------------------
 
+MAX_DRAWS = 20_000_000       # architectures drawn before a band (and ordering) that almost none meets is given up
+
+
 def sample_archs(space: Space, n: int, ess: ExpandedSearchSpace, generator: torch.Generator,
                  flops_band: tuple[float, float] | None = None, ordering: str | None = None,
-                 max_draws: int = 500_000_000) -> list[Arch]:
-    """n architectures uniform on {a ∈ 𝒜 : FLOPs(a) in the band, a obeys the ordering}, by batched rejection."""
+                 max_draws: int | None = None) -> list[Arch]:
+    """n architectures uniform on {a ∈ 𝒜 : FLOPs(a) in the band, a obeys the ordering}, by batched rejection; after
+    ``max_draws`` draws (default MAX_DRAWS) without n of them, one line (RunError) names the constraint."""
     space.validate(ess)
+    max_draws = MAX_DRAWS if max_draws is None else max_draws
     kept_d, kept_w, have, drawn, batch = [], [], 0, 0, max(4 * n, 1024)
     while have < n:
         if drawn >= max_draws:
-            raise RunError(f"only {have} of {n} architectures of {space} meet band={flops_band} ordering={ordering} "
-                           f"after {drawn:,} draws")
+            band = f"the band {flops_band[0]:.10g} to {flops_band[1]:.10g} FLOPs (--flops-min, --flops-max)" if flops_band else ""
+            order = f"the {ordering} ordering (--ordering)" if ordering else ""
+            raise RunError(f"only {have} of {n} architectures of {space} meet {' and '.join(filter(None, (band, order)))} "
+                           f"after {drawn:,} draws: {'widen the band, or ' if band else ''}ask for fewer (--n)")
         if drawn:   # size the next batch from the acceptance so far
-            batch = min(2_000_000, max(batch, int(2 * (n - have) * drawn / max(have, 1))))
-        d, w = space.sample_tensors(generator, batch, ordering)
+            batch = min(2_000_000, max(batch, int(2 * (n - have) * drawn / max(have, 1))), max_draws - drawn)
+        with runs.user_input():     # an ordering that no architecture of the space obeys
+            d, w = space.sample_tensors(generator, batch, ordering)
         drawn += batch
         if flops_band is not None:
             f = batch_arch_flops(d, w, ess)
@@ -81,12 +96,13 @@ def sample_archs(space: Space, n: int, ess: ExpandedSearchSpace, generator: torc
 class SupernetConfig(RunSettings, TrainSettings):
     """Training of an evaluation supernet, separate from the search's (§4.2)."""
 
-    space: str = option("full", "space to train over: 'full', an NSS result.json or a space JSON")
+    space: str = option("full", "space to train over: 'full', an NSS result.json or a space JSON", path="input")
     recipe: str = option("supernet", "the training recipe (supernet: 30 epochs, batch 256, cosine)",
                          choices=("paper", "fast", "supernet"))
     sandwich: bool = option(False, "sandwich rule: each step also trains the space's largest and smallest network")
 
     QUICK = {**RunSettings.QUICK, "epochs": 6, "batch_size": 64, "lr": 0.1}
+    SHARDED_BATCH = True
 
     def check(self):
         super().check()
@@ -155,7 +171,8 @@ def train_supernet(cfg: SupernetConfig, data: data_mod.ImageData | None = None, 
     cfg.check()
     ess = cfg.ess_for(data)
     space = Space.read(cfg.space, ess)
-    with run_folder(Path(cfg.out) / (cfg.name or cfg.default_name()), cfg.resume, cfg.overwrite, reuse=cfg.reuse) as run_dir:
+    with run_folder(Path(cfg.out) / (cfg.name or cfg.default_name()), cfg.resume, cfg.overwrite, reuse=cfg.reuse,
+                    demo=cfg.quick) as run_dir:
         device = runs.resolve_device(cfg.device)
         data = data_mod.load_for(cfg, ess, device) if data is None else data.to(device)
         trainer = SupernetTrainer(cfg, ess, space, device)
@@ -165,7 +182,8 @@ def train_supernet(cfg: SupernetConfig, data: data_mod.ImageData | None = None, 
         describe = lambda r: f"supernet epoch {r['epoch']:3d}/{cfg.epochs} loss {r['loss']:.3f} {r['seconds']:.1f}s"
         status = lambda t, sums, n: f"loss {float(sums[0]) / max(1, n):.3f}"
         runs.train_run(trainer, lambda on_step, on_epoch: trainer.fit(loader, None, on_step, on_epoch), len(loader),
-                       cfg, run_dir, ess, data, device, data_gen, describe, status, callback=callback)
+                       cfg, run_dir, ess, data, device, data_gen, describe, status, callback=callback,
+                       space=f"{space.size:,} architectures of {space_label(cfg.space)}")
         trainer.supernet.batch_stats_reduce = None      # trained: scoring runs one architecture per process
         state = {"ess": ess.to_dict(), "space": space.to_dict(), "state": trainer.supernet.state_dict()}
         write_atomic(run_dir / "supernet.pt", lambda p: save_torch(state, p))
@@ -178,11 +196,9 @@ def train_supernet(cfg: SupernetConfig, data: data_mod.ImageData | None = None, 
 def load_supernet(path: str | Path, device="cpu") -> SuperNet:
     """A supernet saved by ``train_supernet``."""
     state = load_checkpoint(Path(path))
-    try:
+    with reading(path, "is not a supernet written by evaluate.py"):
         net = SuperNet(ExpandedSearchSpace.from_dict(state["ess"]))
         net.load_state_dict(state["state"])
-    except (KeyError, TypeError, RuntimeError) as e:
-        raise RunError(f"{path} is not a supernet written by evaluate.py ({type(e).__name__})") from None
     return net.to(device).eval()
 
 
@@ -204,7 +220,7 @@ def score_archs(supernet: SuperNet, archs: Sequence[Arch], data: data_mod.ImageD
     was_training = supernet.training
     unique = list(dict.fromkeys(archs))     # an architecture drawn twice is scored once
     bar = tqdm(total=len(range(distributed.rank(), len(unique), distributed.world())), desc="scoring", leave=False,
-               disable=None if progress else True,
+               disable=runs.bar_off(progress),
                dynamic_ncols=True)
 
     def score(arch: Arch) -> dict:
@@ -233,8 +249,10 @@ def score_archs(supernet: SuperNet, archs: Sequence[Arch], data: data_mod.ImageD
 class ScoreConfig(RunSettings):
     """Scoring N architectures from each of several spaces with an evaluation supernet."""
 
-    supernet: str = option("", "supernet.pt written by `evaluate.py supernet`")
-    spaces: str = option("full", "comma-separated: 'full', NSS result.json files, space JSON files")
+    supernet: str = option("", "supernet.pt written by `evaluate.py supernet`", path="input")
+    spaces: str = option("full", "comma-separated: 'full', NSS result.json files, space JSON files", path="inputs")
+
+    HIDDEN = ("resume", "quick", "d_max", "w_max", "d_step", "w_step")    # nothing to resume; the supernet's space
     n: int = option(1000, "architectures per space", "[1, 1e6]")
     calib_images: int = option(2000, "training images for BN recalibration (0: none)", "[0, 1e7]")
     test_images: int = option(0, "test images (0: all)", "[0, 1e7]")
@@ -266,9 +284,12 @@ def run_score(cfg: ScoreConfig) -> dict:
     for spec, space in spaces.items():    # a band no architecture reaches: FLOPs grow with every depth and width
         lo, hi = (arch_flops(Arch(*(tuple(r[k] for r in rs) for rs in (space.depths, space.widths))), ess) for k in (0, 1))
         if band and (band[1] < lo or band[0] > hi):
-            raise RunError(f"no architecture of {spec} has {band[0]:.4g} to {band[1]:.4g} FLOPs: "
-                           f"its architectures have {lo:.4g} to {hi:.4g}")
-    with run_folder(Path(cfg.out) / (cfg.name or cfg.default_name()), cfg.resume, cfg.overwrite, None, cfg.reuse) as run_dir:
+            raise RunError(f"no architecture of {spec} has {band[0]:.4g} to {band[1]:.4g} FLOPs (--flops-min, "
+                           f"--flops-max): its architectures have {lo:.4g} to {hi:.4g}")
+        with runs.user_input():
+            space.check_ordering(cfg.ordering or None)
+    with run_folder(Path(cfg.out) / (cfg.name or cfg.default_name()), cfg.resume, cfg.overwrite, None, cfg.reuse,
+                    cfg.quick) as run_dir:
         data = data_mod.load_for(cfg, ess, device)
         g = torch.Generator().manual_seed(cfg.seed)
         result = {"dataset": cfg.dataset, "supernet": cfg.supernet, "ordering": cfg.ordering, "band": band, "spaces": {}}
@@ -289,9 +310,10 @@ class TableConfig:
 
     runs: str = option("runs", "folder searched for nas.json (and scratch.json beside them)")
     match: str = option("*", "only run folders whose name matches this glob, e.g. 'nas-cifar10-*'")
-    out: str = option("table1", "output stem: writes <out>.md and <out>.csv")
+    out: str = option("table1", "output stem: writes <out>.md and <out>.csv", path="output stem")
 
     def check(self):
+        runs.check_fields(self)         # a --config file's values: of the right type
         if not Path(self.runs).is_dir():
             raise RunError(f"--runs {self.runs} is not a folder")
 
@@ -313,22 +335,47 @@ class ExportConfig(RunSettings):
     """A standalone network file of one architecture: freshly initialised, or holding an evaluation
     supernet's weights with BN recalibrated (§4.2), as a starting point for your own training."""
 
-    arch: str = option("", "a nas.json, an architecture JSON file, or inline JSON {\"depths\": [...], \"widths\": [...]}")
-    out: str = option("model.pt", "the network file to write (load it with scratch.load_network)")
-    supernet: str = option("", "supernet.pt to take the weights from (empty: a freshly initialised network)")
-    calib_images: int = option(2000, "training images for BN recalibration, with --supernet")
+    arch: str = option("", "a nas.json, an architecture JSON file, or inline JSON {\"depths\": [...], \"widths\": [...]}",
+                       path="input")
+    out: str = option("model.pt", "the network file to write (load it with scratch.load_network); the torch.export "
+                                  "program goes beside it, with the suffix .pt2", path="output file")
+    supernet: str = option("", "supernet.pt to take the weights from (empty: a freshly initialised network)", path="input")
+    calib_images: int = option(2000, "training images for BN recalibration, with --supernet (0: none)", "[0, 1e7]")
+
+    HIDDEN = ("resume", "overwrite", "reuse", "progress", "quick", "name", "amp")     # one file, written at once
 
     def check(self):
         super().check()
         if not self.arch:
             raise RunError("--arch is required: a nas.json, an architecture JSON file or inline JSON")
+        if Path(self.out).suffix == ".pt2":
+            raise RunError(f"--out {self.out}: name the network file (model.pt, say); the torch.export program goes "
+                           f"beside it as {Path(self.out).stem}.pt2")
+
+
+PROGRAM_META = "nss.json"      # the extra file of an exported .pt2 that describes the network and its input
+
+
+def save_program(path: Path, net: torch.nn.Module, image_shape: tuple[int, ...], meta: dict):
+    """``net`` as a torch.export program (any batch size) that ``torch.export.load(path).module()`` runs without
+    this project, with ``meta`` as the JSON extra file PROGRAM_META; atomically."""
+    net = copy.deepcopy(net).cpu().eval()
+    example = torch.zeros(2, *image_shape)
+    program = torch.export.export(net, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+
+    def write(p: Path):       # through a file object: torch names the temporary file's suffix otherwise
+        with open(p, "wb") as f:
+            torch.export.save(program, f, extra_files={PROGRAM_META: json.dumps(meta)})
+    write_atomic(path, write)
 
 
 def run_export(cfg: ExportConfig) -> str:
-    """Write ``--out``: ``build(arch)`` seeded, or ``supernet.extract(arch)`` with BN recalibrated; returns a summary."""
+    """Write ``--out``: ``build(arch)`` seeded, or ``supernet.extract(arch)`` with BN recalibrated, as a network file
+    and, beside it, as a torch.export program (.pt2); both hold the data's normalisation and class names. Returns a
+    summary."""
     cfg.check()
+    device = runs.resolve_device(cfg.device)
     if cfg.supernet:
-        device = runs.resolve_device(cfg.device)
         supernet = load_supernet(cfg.supernet, device)
         ess, arch = supernet.ess, Arch.read(cfg.arch, supernet.ess)
         data = data_mod.load_for(cfg, ess, device)
@@ -339,10 +386,17 @@ def run_export(cfg: ExportConfig) -> str:
     else:
         ess = cfg.ess_for()
         arch = Arch.read(cfg.arch, ess)
-        net, source = build(arch, ess, cfg.seed), {"initialised": "seed", "seed": cfg.seed}
-    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    save_network(Path(cfg.out), net.eval(), ess, **source)
-    return f"{arch} ({format_flops(arch_flops(arch, ess))}) written to {cfg.out}"
+        data = data_mod.load_for(cfg, ess, "cpu")        # its normalisation and class names go with the network
+        net, source = build(arch, ess, cfg.seed), {"initialised": "seed", "seed": cfg.seed, "dataset": cfg.dataset}
+    inputs = {"mean": data.mean.tolist(), "std": data.std.tolist(), "classes": data_mod.class_names(data, cfg.data_dir),
+              "input": "float32 images (N, 3, H, W) in [0, 1], normalised per channel: (x - mean) / std"}
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_network(out, net.eval(), ess, **source, **inputs)
+    program = out.with_suffix(".pt2")
+    save_program(program, net, tuple(data.train_x.shape[1:]), {"arch": arch.to_dict(), "flops": arch_flops(arch, ess),
+                                                               "params": arch_params(arch, ess), **source, **inputs})
+    return f"{arch} ({format_flops(arch_flops(arch, ess))}) written to {out} and, as a torch.export program, {program}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,8 +408,11 @@ class RankConfig(RunSettings):
     """k architectures of a space trained from scratch and scored with the evaluation supernet: Kendall's τ and
     Spearman's ρ between the two errors say how well the supernet ranks architectures."""
 
-    supernet: str = option("", "supernet.pt written by `evaluate.py supernet` (with --quick: trained here if empty)")
-    space: str = option("full", "the space to sample: 'full', an NSS result.json or a space JSON")
+    supernet: str = option("", "supernet.pt written by `evaluate.py supernet` (with --quick: trained here if empty)",
+                           path="input")
+    space: str = option("full", "the space to sample: 'full', an NSS result.json or a space JSON", path="input")
+
+    HIDDEN = ("resume",)        # it writes no checkpoint
     k: int = option(20, "architectures to train and score", "[3, 1e4]")
     recipe: str = option("fast", "from-scratch recipe (fast | paper)", choices=("fast", "paper"))
     epochs: int = option(0, "from-scratch epochs (0: the recipe's)", "[0, 1e5]")
@@ -380,7 +437,7 @@ def run_rank(cfg: RankConfig) -> dict:
     """Score and train the same k architectures; writes rank.json and the rank-agreement plot."""
     cfg.check()
     run_dir = Path(cfg.out) / (cfg.name or cfg.default_name())
-    with run_folder(run_dir, cfg.resume, cfg.overwrite, None, cfg.reuse):
+    with run_folder(run_dir, cfg.resume, cfg.overwrite, None, cfg.reuse, cfg.quick):
         device = runs.resolve_device(cfg.device)
         fields = {f: getattr(cfg, f) for f in ("dataset", "data_dir", "download", "synthetic_size", "d_max", "w_max",
                                                "d_step", "w_step", "seed", "device", "amp", "progress")}
@@ -392,8 +449,12 @@ def run_rank(cfg: RankConfig) -> dict:
             data = data_mod.load_for(cfg, cfg.ess_for(), device)
             supernet, _ = train_supernet(SupernetConfig(**quick), data)
         ess = supernet.ess
-        archs = list(dict.fromkeys(sample_archs(Space.read(cfg.space, ess), cfg.k, ess,
-                                                torch.Generator().manual_seed(cfg.seed))))
+        space, g, archs = Space.read(cfg.space, ess), torch.Generator().manual_seed(cfg.seed), []
+        if space.size < cfg.k:       # k distinct architectures: a rank statistic of fewer is not one
+            raise RunError(f"--k {cfg.k} is more than the {space.size} architectures of {cfg.space}: lower --k or "
+                           f"take a larger --space")
+        while len(archs) < cfg.k:
+            archs = list(dict.fromkeys(archs + sample_archs(space, cfg.k - len(archs), ess, g)))
         scored = score_archs(supernet, archs, data, cfg.calib_images, cfg.test_images or None, seed=cfg.seed, amp=cfg.amp,
                              progress=cfg.progress)
         scratch_cfg = ScratchConfig(**fields, recipe=cfg.recipe, epochs=cfg.epochs or None, batch_size=cfg.batch_size or None,
@@ -412,8 +473,13 @@ def run_rank(cfg: RankConfig) -> dict:
 
 def rank_summary(cfg: RankConfig) -> str:
     r = run_rank(cfg)
+    where = f"written to {r['run_dir']}/rank.json and rank.png"
+    if not all(math.isfinite(r[k]) for k in ("kendall_tau", "spearman_rho")):     # one side's errors all equal
+        same = "from-scratch" if len(set(r["scratch_errors"])) == 1 else "supernet"
+        return (f"Kendall τ and Spearman ρ are undefined: the {same} errors of the {len(r['archs'])} architectures are "
+                f"all {r[same.replace('from-', '') + '_errors'][0]:.2f}% (train longer: --epochs); {where}")
     return (f"Kendall τ {r['kendall_tau']:.3f} (p = {r['kendall_p']:.2g}), Spearman ρ {r['spearman_rho']:.3f} between supernet and from-scratch "
-            f"errors of {len(r['archs'])} architectures; written to {r['run_dir']}/rank.json and rank.png")
+            f"errors of {len(r['archs'])} architectures; {where}")
 
 
 def scratch_summary(cfg: ScratchConfig) -> str:
@@ -431,16 +497,20 @@ COMMANDS = {"supernet": (SupernetConfig, lambda c: f"supernet written to {train_
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--quick"]:
+    if "--quick" in argv and argv[0] not in COMMANDS:      # `evaluate.py --quick`, `evaluate.py --out X --quick`
         raise RunError("the end-to-end demo of every protocol is the notebooks at smoke scale (`python notebooks/render.py "
                        "--plain`); `evaluate.py rank --quick` runs the rank agreement alone")
     if argv and argv[0] in COMMANDS:
         cls, action = COMMANDS[argv[0]]
-        print(action(runs.parse_config(cls, argv[1:], description=f"evaluate.py {argv[0]}: {cls.__doc__}")))
+        print(action(runs.parse_config(cls, argv[1:], description=f"evaluate.py {argv[0]}: {cls.__doc__}",
+                                       prog=f"evaluate.py {argv[0]}")))
         return 0
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return 0
+    if argv and argv[0].startswith("-"):
+        raise RunError(f"{argv[0]} before a command: give the command first, as in `evaluate.py scratch {argv[0]} …`; "
+                       f"the commands: {', '.join(COMMANDS)} (see --help)")
     raise RunError(f"{'unknown command ' + repr(argv[0]) if argv else 'no command'}: give one of "
                    f"{', '.join(COMMANDS)} (see --help)")
 

@@ -15,7 +15,13 @@ The number of samples used is Table 1's "#samples".
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+
+
+if __name__ == "__main__":           # Ctrl-C while the imports below load: one line, exit code 130
+    import startup
+    startup.guard()
 
 import torch
 
@@ -32,7 +38,7 @@ from space import Arch, Options, Space
 class NASConfig(SearchConfig):
     """NAS settings: NSS's search settings plus the space and the sampling protocol of Table 1."""
 
-    space: str = option("full", "'full', an NSS result.json (its Elite Space) or a space JSON file")
+    space: str = option("full", "'full', an NSS result.json (its Elite Space) or a space JSON file", path="input")
     sampling: str = option("auto", "best-of-n | until-within | auto (best-of-n in a given space, until-within in the "
                                    "full space)", choices=("auto", "best-of-n", "until-within"))
     n_samples: int = option(5, "samples for best-of-n", "[1, 1e6]")

@@ -18,6 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+
+if __name__ == "__main__":           # Ctrl-C while the imports below load: one line, exit code 130
+    import startup
+    startup.guard()
+
 import torch
 
 import data as data_mod
@@ -79,6 +84,13 @@ def describe_search(record: dict, epochs: int) -> str:
             f"τ {record['tau']:.2f} {record['seconds']:.1f}s")
 
 
+def search_phases(cfg: SearchConfig, until: int | None = None) -> list[tuple[str, int]]:
+    """The phases of a search up to epoch ``until``: the warmup, then the search (an empty one left out)."""
+    end = cfg.epochs if until is None else min(until, cfg.epochs)
+    phases = [("warmup", min(cfg.warmup_epochs, end)), ("search", end - min(cfg.warmup_epochs, end))]
+    return [(name, n) for name, n in phases if n]
+
+
 def run_search(cfg: SearchConfig, ess: ExpandedSearchSpace, options: Options, what: str, default_name: str,
                finish: Callable[[Searcher], dict], data: data_mod.ImageData | None = None,
                callback: Callable | None = None, result_file: str = "result.json", start: dict | None = None,
@@ -90,7 +102,8 @@ def run_search(cfg: SearchConfig, ess: ExpandedSearchSpace, options: Options, wh
     started = time.time()
     with runs.user_input():
         check_target(cfg.target, options, ess, what)
-    with rundir.run_folder(Path(cfg.out) / (cfg.name or default_name), cfg.resume, cfg.overwrite, reuse=cfg.reuse) as run_dir:
+    with rundir.run_folder(Path(cfg.out) / (cfg.name or default_name), cfg.resume, cfg.overwrite, reuse=cfg.reuse,
+                           demo=cfg.quick) as run_dir:
         device = runs.resolve_device(cfg.device)
         data = data_mod.load_for(cfg, ess, device) if data is None else data.to(device)
         parallel = distributed.world() > 1
@@ -108,7 +121,9 @@ def run_search(cfg: SearchConfig, ess: ExpandedSearchSpace, options: Options, wh
         runs.train_run(searcher, lambda on_step, on_epoch: searcher.fit(train, val, until, on_step, on_epoch),
                           steps, cfg, run_dir, ess, data, device, data_gen, lambda r: describe_search(r, cfg.epochs),
                           search_status, theta_is_finite, callback, start,
-                          ignore=("target",) if start is not None or until is not None else ())
+                          ignore=("target",) if start is not None or until is not None else (),
+                          space=f"{math.prod(d * w for d, w in options.sizes):,} {what.removeprefix('the ')}",
+                          phases=search_phases(cfg, until))
         if until is not None:            # a warmup that several targets go on from: no result of its own
             return {}
         result = finish(searcher) | {"probs": searcher.theta.probs_dict(), "history": searcher.history} | {
@@ -156,20 +171,24 @@ def run_targets(cfg: NSSConfig, targets: list[float], data: data_mod.ImageData |
     run_search(dataclasses.replace(cfgs[0], name=warm_name, resume=resume(warm_name)), ess, options, what,
                     warm_name, None, data, callback, until=cfg.warmup_epochs)
     results = []
-    for c, name in zip(cfgs, names):
-        # the warmed-up state, read afresh on the host for each target: an optimiser trains the tensors it loads
-        warm = load_checkpoint(out / warm_name / "checkpoint.pt")
-        finish = lambda s, c=c: elite_space(s.theta, s.gen, c.n_samples, c.target, ess) | {"warmup_run": str(out / warm_name)}
-        results.append(run_search(dataclasses.replace(c, name=name, resume=resume(name)), ess, options, what,
-                                       name, finish, data, callback, start=warm))
+    try:
+        for c, name in zip(cfgs, names):
+            # the warmed-up state, read afresh on the host for each target: an optimiser trains the tensors it loads
+            warm = load_checkpoint(out / warm_name / "checkpoint.pt")
+            finish = lambda s, c=c: elite_space(s.theta, s.gen, c.n_samples, c.target, ess) | {"warmup_run": str(out / warm_name)}
+            results.append(run_search(dataclasses.replace(c, name=name, resume=resume(name)), ess, options, what,
+                                           name, finish, data, callback, start=warm))
+    except rundir.Interrupted:    # the warmup folder holds a run now: the same command alone would be refused
+        raise rundir.Interrupted(f"interrupted; {out / warm_name / 'checkpoint.pt'} keeps the shared warmup (and each "
+                                 f"target folder what it finished): rerun the same command with --resume") from None
     return results
 
 
 def split_targets(argv: list[str]) -> tuple[list[str], list[float] | None]:
     """``--target 6e8,1.6e9,4e9``: the argv with the first target only, and the targets (None for one)."""
     argv = list(argv)
-    for i, arg in enumerate(argv):
-        flag, eq, value = arg.partition("=")
+    for i in reversed(range(len(argv))):         # the last --target, as for any flag given twice
+        flag, eq, value = argv[i].partition("=")
         if flag == "--target" and (eq or i + 1 < len(argv)):
             value = value if eq else argv[i + 1]
             if "," not in value:

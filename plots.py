@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -109,7 +110,7 @@ def table_rows(runs_dir: str | Path, match: str = "*", warn=None) -> list[dict]:
         scratch, error = path.parent / "scratch" / "scratch.json", None   # evaluate.py scratch --arch <nas.json>
         if scratch.exists():
             try:
-                error = _read_result(scratch, {"mean": (int, float)})["mean"]
+                error = _read_result(scratch, SCRATCH_FIELDS)["mean"]
             except ValueError as e:
                 warn(scratch, f"{e}; its error is left out")
         kind = "full" if r["space_source"] == "full" else "elite"
@@ -118,12 +119,16 @@ def table_rows(runs_dir: str | Path, match: str = "*", warn=None) -> list[dict]:
     return [{"dataset": ds, "target": t, **cells} for (ds, t), cells in sorted(rows.items())]
 
 
-NAS_FIELDS = {"dataset": str, "target": (int, float), "space_source": str, "flops": (int, float),
-              "deviation": (int, float), "samples": int}
+NUMBER = (int, float)
+# the fields Table 1 takes from a file, each of its type and, for numbers, in its (inclusive) range
+NAS_FIELDS = {"dataset": str, "target": (NUMBER, 1, math.inf), "space_source": str, "flops": (NUMBER, 1, math.inf),
+              "deviation": (NUMBER, 0, math.inf), "samples": (int, 1, math.inf)}
+SCRATCH_FIELDS = {"mean": (NUMBER, 0, 100)}
 
 
 def _read_result(path: Path, fields: dict) -> dict:
-    """A result file with ``fields`` of their types, or ValueError saying why not (unreadable, not JSON, …)."""
+    """A result file with ``fields`` of their types (and numbers finite and in their ranges), or ValueError saying why
+    not (unreadable, not JSON, a missing field, NaN, a negative count, …)."""
     try:
         r = json.loads(path.read_text())
     except OSError as e:
@@ -132,9 +137,14 @@ def _read_result(path: Path, fields: dict) -> dict:
         raise ValueError(f"not a JSON file ({type(e).__name__})") from None
     if not isinstance(r, dict):
         raise ValueError(f"not a result (a JSON {type(r).__name__})")
-    wrong = [k for k, kind in fields.items() if not isinstance(r.get(k), kind) or isinstance(r.get(k), bool)]
+    def fits(value, field) -> bool:
+        kind, lo, hi = field if isinstance(field, tuple) and len(field) == 3 else (field, None, None)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return False
+        return lo is None or (math.isfinite(value) and lo <= value <= hi)
+    wrong = [k for k, field in fields.items() if not fits(r.get(k), field)]
     if wrong:
-        raise ValueError(f"missing or malformed {', '.join(wrong)}")
+        raise ValueError(f"missing or malformed {', '.join(f'{k} ({r.get(k)!r})' if k in r else k for k in wrong)}")
     return r
 
 
@@ -255,8 +265,8 @@ def plot_grid(panels: list[dict], path: str | Path | None = None, ncols: int = 3
         plot_error_vs_flops(ax, panel["groups"], target=panel.get("target"), title=panel.get("title"), **kw)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    if suptitle:
-        fig.suptitle(suptitle)
+    if suptitle:               # wrapped to the figure's width (about 11 characters an inch at this size)
+        fig.suptitle(textwrap.fill(suptitle, width=int(11 * fig.get_figwidth())))
     fig.tight_layout()
     if path is not None:
         save_figure(fig, path)
@@ -339,10 +349,21 @@ def plot_error_edfs(panels: list[tuple[str, dict]], path: str | Path | None = No
 # --------------------------------------------------------------------------------------------
 
 def _verdict(p, direction: bool, alpha: float = 0.05) -> str:
-    """'holds' when the measured direction is the paper's and, with a test, p < alpha; else 'not shown' or 'opposite'."""
-    if not direction:
-        return "opposite"
-    return "holds" if p is None or p < alpha else "not shown (p ≥ 0.05)"
+    """'holds' when the measured direction is the paper's and, with a one-sided test of it, p < alpha; 'opposite'
+    when the other direction is measured and, with a test, shown (p > 1 - alpha: the reverse test's p is below
+    alpha); else 'not shown'."""
+    if p is None:
+        return "holds" if direction else "opposite"
+    if direction and p < alpha:
+        return "holds"
+    return "opposite" if not direction and p > 1 - alpha else f"not shown (p ≥ {alpha:g})"
+
+
+def _per_target(verdicts: dict) -> str:
+    """One verdict when every target gives it, else each target's ('holds at 3MF; not shown (…) at 8MF')."""
+    if len(set(verdicts.values())) == 1:
+        return next(iter(verdicts.values()))
+    return "; ".join(f"{v} at {t}" for t, v in verdicts.items())
 
 
 def claims(results: str | Path) -> list[dict]:
@@ -366,8 +387,8 @@ def claims(results: str | Path) -> list[dict]:
             "; ".join(f"{t}: median error {r['median_a']:.1f}% vs {r['median_b']:.1f}% within ±10%, Mann–Whitney p = "
                       f"{r['p']:.2g} (n = {r['n_a']}, {r['n_b']})" if r["p"] is not None else f"{t}: no sample in the band"
                       for t, r in tests.items()),
-            min((_verdict(r["p"], r["median_a"] < r["median_b"]) for r in tests.values() if r["p"] is not None),
-                key=["opposite", "not shown (p ≥ 0.05)", "holds"].index, default="cannot be read"))
+            _per_target({t: _verdict(r["p"], r["median_a"] < r["median_b"]) for t, r in tests.items() if r["p"] is not None})
+            if any(r["p"] is not None for r in tests.values()) else "cannot be read")
     if rank:
         add("The evaluation supernet ranks architectures (basis of §4.2)", "(assumed)",
             f"Kendall τ = {rank['kendall_tau']:.2f} (p = {rank['kendall_p']:.2g}) between supernet and from-scratch errors "
@@ -382,9 +403,8 @@ def claims(results: str | Path) -> list[dict]:
             "; ".join(f"{t}: {v['elite']['samples_until_within']['mean']:.1f} vs {v['full']['samples_until_within']['mean']:.1f}"
                       f" samples until within ±10% (mean of {v['elite']['samples_until_within']['repeats']} repeats), "
                       f"Mann–Whitney p = {v['mann_whitney_fewer_samples_elite']['p']:.2g}" for t, v in per.items()),
-            min((_verdict(v["mann_whitney_fewer_samples_elite"]["p"], v["elite"]["samples_until_within"]["mean"] <
-                          v["full"]["samples_until_within"]["mean"]) for v in per.values()),
-                key=["opposite", "not shown (p ≥ 0.05)", "holds"].index))
+            _per_target({t: _verdict(v["mann_whitney_fewer_samples_elite"]["p"], v["elite"]["samples_until_within"]["mean"]
+                                     < v["full"]["samples_until_within"]["mean"]) for t, v in per.items()}))
         spreads = [float(np.std(v[k]["errors"])) for v in per.values() for k in ("elite", "full")]
         gaps = [v["full"]["mean_error"] - v["elite"]["mean_error"] for v in per.values()]
         add("Networks found in Elite Spaces have lower errors (Table 1)", "4.0% vs 4.5% error (CIFAR-10, 3 seeds)",
@@ -403,7 +423,8 @@ def claims(results: str | Path) -> list[dict]:
         add("NAS in the Elite Space gives denser and better samples (Fig. 5c)", "denser samples and lower errors",
             f"within ±10%: {100 * sp['Elite Space']['share_within_10pct']:.0f}% vs {100 * sp[largest]['share_within_10pct']:.0f}% "
             f"of the draws; errors within ±10% Mann–Whitney p = " + (f"{r['p']:.2g}" if r["p"] is not None else "–"),
-            _verdict(r["p"], nb04["elite_denser"] and nb04["elite_lower_median_error"]))
+            f"denser: {_verdict(None, nb04['elite_denser'])}; lower errors: "
+            f"{_verdict(r['p'], nb04['elite_lower_median_error']) if r['p'] is not None else 'cannot be read'}")
     if nb05:
         for banded, paper in (("with_band", "RegNet's principles slightly better"), ("without_band", "Elite ordering better")):
             r, side = nb05[banded]["mann_whitney_elite_lower"], "with" if banded == "with_band" else "without"
@@ -434,17 +455,34 @@ def write_claims(results: str | Path, readme: str | Path | None = None) -> str:
     if readme is not None:
         text = Path(readme).read_text()
         if BEGIN not in text or END not in text:
-            raise SystemExit(f"{readme} has no claims section ({BEGIN} … {END})")
+            raise ValueError(f"{readme} has no claims section ({BEGIN} … {END})")
         head, rest = text.split(BEGIN, 1)
         Path(readme).write_text(f"{head}{BEGIN}\n{table}{END}{rest.split(END, 1)[1]}")
     return table
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+    """``python plots.py claims RESULTS [--readme README.md]``: a bad input is one line on stderr and exit code 2."""
     import argparse
-    parser = argparse.ArgumentParser(description="The paper's claims against the notebooks' findings.")
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise ValueError(message)
+    parser = Parser(prog="plots.py", description="The paper's claims against the notebooks' findings.")
     parser.add_argument("command", choices=["claims"])
     parser.add_argument("results", help="a folder of <notebook>/findings.json, e.g. results/cpu")
     parser.add_argument("--readme", default=None, help="rewrite this README's claims section")
-    args = parser.parse_args()
-    print(write_claims(args.results, args.readme), end="")
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        if not Path(args.results).is_dir():
+            raise ValueError(f"{args.results} is not a folder of findings (<notebook>/findings.json)")
+        print(write_claims(args.results, args.readme), end="")
+    except (OSError, ValueError, KeyError, TypeError) as e:      # a findings file of another shape too
+        message = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e) or type(e).__name__
+        print(f"plots.py: error: {message.splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,6 +17,7 @@ import torch
 from train import Diverged
 
 LOCK = ".lock"
+DEMO = ".quick"          # marks a folder that a --quick demo made: the next demo replaces it
 
 
 class RunError(Exception):
@@ -76,11 +77,37 @@ def save_torch(obj, path: Path):
             raise
 
 
+def not_a_file(path: Path) -> str | None:
+    """Why ``path`` is not a regular file to read ('no such file', 'it is a folder', 'it is not a regular file'), or
+    None when it is one."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    return "it is a folder" if path.is_dir() else "it is not a regular file" if path.exists() else "no such file"
+
+
+@contextmanager
+def reading(path: Path, what: str):
+    """Read a side file whole inside: any failure of the reading code (a missing key, a wrong type, a bad value, not
+    only the ones foreseen) is one line, "<path> <what> (<why>)" (``what``: "is corrupt", say); an OSError is
+    "cannot read <path>"."""
+    try:
+        yield
+    except (RunError, MemoryError):
+        raise
+    except OSError as e:
+        raise RunError(f"cannot read {path}: {e.strerror or e}") from None
+    except Exception as e:
+        why = str(e).splitlines()[0][:120] if str(e) else ""
+        raise RunError(f"{path} {what} ({type(e).__name__}{': ' + why if why else ''}): delete it or pass "
+                       f"--overwrite") from None
+
+
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint (or network file) as a dict, read on the CPU; anything else is a one-line RunError."""
     path = Path(path)
-    if not path.is_file():
-        raise RunError(f"cannot read the checkpoint {path}: {'it is a folder' if path.exists() else 'no such file'}")
+    if not_a_file(path):
+        raise RunError(f"cannot read the checkpoint {path}: {not_a_file(path)}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
@@ -145,14 +172,15 @@ def empty(run_dir: Path):
 
 
 def _holds_a_run(run_dir: Path) -> bool:
-    """Anything but the lock, a config.json and temporary files (what a run killed before its first epoch leaves)."""
-    return any(p.name not in (LOCK, "config.json") and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+    """Anything but the lock, the demo mark, a config.json and temporary files (what a run killed before its first
+    epoch leaves)."""
+    return any(p.name not in (LOCK, DEMO, "config.json") and not (p.name.startswith(".") and p.name.endswith(".tmp"))
                for p in run_dir.iterdir())
 
 
 @contextmanager
 def run_folder(run_dir: Path, resume: bool = False, overwrite: bool = False, progress: str | None = "checkpoint.pt",
-               reuse: bool = False):
+               reuse: bool = False, demo: bool = False):
     """Hold ``run_dir`` for one run, from its checks to its last file.
 
     * A second run on the folder is refused with one line (a lock on ``<run_dir>/.lock``).
@@ -162,6 +190,8 @@ def run_folder(run_dir: Path, resume: bool = False, overwrite: bool = False, pro
       run made it), so a plain rerun starts clean; Ctrl-C and a divergence say what was kept.
     * ``reuse``: resume when the folder holds a run's progress file (the caller refuses another identity, or
       starts afresh), else start afresh, as ``overwrite`` would.
+    * ``demo`` (a --quick demo): the folder is marked as a demo's, and a folder that holds an earlier demo is
+      replaced, with one line saying so; a folder that holds any other run is refused as above.
     """
     run_dir = Path(run_dir)
     if reuse:
@@ -174,14 +204,19 @@ def run_folder(run_dir: Path, resume: bool = False, overwrite: bool = False, pro
     if resume and progress is None:
         raise RunError("nothing to resume: this command writes no checkpoint; run it again instead")
     if resume and not kept():
-        raise RunError(f"nothing to resume: {run_dir / progress} does not exist")
+        why = {"no such file": "does not exist"}.get(not_a_file(run_dir / progress), not_a_file(run_dir / progress))
+        raise RunError(f"nothing to resume: {run_dir / progress} {why.removeprefix('it ')}")
     fd, created = _lock(run_dir)
     try:
         if not resume and not overwrite and _holds_a_run(run_dir):
-            raise RunError(f"{run_dir} already holds a run: pass {'--resume to continue it, ' if progress else ''}"
-                           f"--overwrite to replace it, or --name for a new one")
+            if not (demo and (run_dir / DEMO).is_file()):
+                raise RunError(f"{run_dir} already holds a run: pass {'--resume to continue it, ' if progress else ''}"
+                               f"--overwrite to replace it, or --name for a new one")
+            print(f"{run_dir}: replacing the previous --quick demo run", flush=True)
         if not resume:
             empty(run_dir)
+        if demo:
+            (run_dir / DEMO).touch()
         try:
             yield run_dir
         except BaseException as e:

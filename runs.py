@@ -1,10 +1,11 @@
 """Run plumbing shared by the command lines (``nss.py``, ``nas.py``, ``evaluate.py``, ``bench.py``).
 
 * flags generated from the settings dataclasses, each checked against the range its field declares
-  (``parse_config``; ``--quick`` presets);
+  (``parse_config``; ``--quick`` presets; ``--config FILE``, a run's config.json or a JSON of the settings);
 * ``RunSettings``: the data, the space, the device and the run folder of a run;
 * ``train_run``: a training loop with a checkpoint per epoch, exact resume under the same identity (settings,
-  data, device kind), progress bars, epoch lines, ``metrics.jsonl`` and the divergence stop;
+  data, device kind), a line of its plan, time estimates, progress bars, epoch lines, ``metrics.jsonl`` and the
+  divergence stop;
 * ``cli``: every failure as one line on stderr with its exit code (``EXIT_CODES``).
 
 None of the method is here: the search engine is ``search.py``; run folders and atomic files are ``rundir.py``.
@@ -13,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import itertools
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -32,14 +36,71 @@ import distributed
 from rundir import RunError, empty, load_checkpoint, os_error, save_torch, write_atomic, write_json
 from search import SearchSettings
 from space import REDUCED, ExpandedSearchSpace, FileError
-from train import Diverged, SettingError, check_loss, check_settings, setting as option
+from train import Diverged, SettingError, check_loss, check_settings, setting
 
 TORCH_THREADS = torch.get_num_threads()        # torch's own choice, before any run changes it
+clock = time.perf_counter                      # what the time estimates of train_run measure steps with
 EXIT_CODES = {"done": 0, "bad input, data or files": 2, "diverged": 3, "interrupted": 130}
 
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+PATHS = ("input", "inputs", "output file", "output folder", "output stem")
+
+
+def option(default, help: str = "", range: str | None = None, choices=None, path: str | None = None):
+    """A settings field (``train.setting``: its help, its range, its choices) that may name a path, one of PATHS:
+    "input" is a file the run reads (a resumed run needs it unchanged; a value that names no file, such as 'full' or
+    inline JSON, is a setting like any other), "inputs" comma-separated ones, and the outputs are what the run
+    writes (a file, a folder, or a stem that gets suffixes). ``check_fields`` checks them all one way."""
+    f = setting(default, help, range, choices)
+    if path is None:
+        return f
+    assert path in PATHS, path
+    return dataclasses.field(default=default, metadata={**f.metadata, "path": path})
+
+
+def check_fields(obj):
+    """Every field of a settings dataclass in its declared range and choices (``train.check_settings``), and every
+    output path a path that can be written: not empty, and a file or stem not a folder; one line (RunError) if not."""
+    with user_input():
+        check_settings(obj)
+    for f in dataclasses.fields(obj):
+        kind, value = f.metadata.get("path", ""), getattr(obj, f.name)
+        if not kind.startswith("output"):
+            continue
+        what = kind.removeprefix("output ")
+        if not isinstance(value, str) or not value.strip():
+            raise RunError(f"{flag(f.name)} must name a {what} to write, got {value!r}")
+        if what != "folder" and (value.endswith(("/", os.sep)) or Path(value).is_dir()):
+            raise RunError(f"{flag(f.name)} {value} is a folder: name the {what} to write"
+                           f"{' (it gets suffixes)' if what == 'stem' else ''}, e.g. {Path(value) / 'out'}")
+
+
+def input_files(cfg) -> dict[str, dict[str, str]]:
+    """The sha256 of every file that the settings' input fields name (``option(path="input" | "inputs")``), by
+    field and value: what a run read, so that a resumed run can tell a file edited since from the same one."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        kind, value = f.metadata.get("path"), getattr(cfg, f.name)
+        if kind not in ("input", "inputs") or not isinstance(value, str):
+            continue
+        specs = value.split(",") if kind == "inputs" else [value]
+        digests = {spec: sha256(spec) for spec in specs if not spec.lstrip().startswith("{") and Path(spec).is_file()}
+        if digests:
+            out[f.name] = digests
+    return out
+
+
+def sha256(path) -> str:
+    """The sha256 of a file's content (hex)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as e:
+        raise RunError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 @contextmanager
@@ -76,7 +137,7 @@ class RunSettings:
     seed: int = option(0, "seed of everything", "[0, 4.6e18]")
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
     amp: bool = option(True, "bf16 autocast and channels_last on CUDA")
-    out: str = option("runs", "folder of the runs")
+    out: str = option("runs", "folder of the runs", path="output folder")
     name: str = option("", "run name (default: derived from the settings)")
     resume: bool = option(False, "continue runs/<name> from its checkpoint")
     overwrite: bool = option(False, "replace an existing runs/<name>")
@@ -88,6 +149,8 @@ class RunSettings:
     QUICK = dict(dataset="synthetic", synthetic_size=2000, **REDUCED)
     # fields that do not change the result, so a resumed run may differ in them
     VOLATILE = ("resume", "overwrite", "reuse", "progress", "quick", "name", "out", "device", "threads")
+    SHARDED_BATCH = False    # whether the processes under torchrun share each batch of --batch-size (else: the work)
+    HIDDEN = ()     # fields a command does not use: no flag (and no --config key) for them
 
     def ess(self, num_classes: int) -> ExpandedSearchSpace:
         """The Expanded Search Space of this run."""
@@ -100,8 +163,11 @@ class RunSettings:
 
     def check(self):
         """Every field in its declared range, then what ranges cannot say; before any work starts."""
-        with user_input():
-            check_settings(self)
+        check_fields(self)
+        if self.SHARDED_BATCH and self.batch_size < distributed.world():
+            raise RunError(f"--batch-size {self.batch_size} is the global batch, which the {distributed.world()} "
+                           f"processes share: give each at least one image (--batch-size {distributed.world()} or more) "
+                           f"or start fewer processes")
         if self.d_max % self.d_step or self.w_max % self.w_step:
             raise RunError("--d-step must divide --d-max and --w-step must divide --w-max")
         if self.resume + self.overwrite + self.reuse > 1:
@@ -122,6 +188,7 @@ class SearchConfig(RunSettings, SearchSettings):
     """A search's command line (``nss.py``, ``nas.py``): the run's settings plus the search's hyperparameters."""
 
     QUICK = {**RunSettings.QUICK, "target": 6e6, "epochs": 12, "warmup_epochs": 3, "arch_lr": 0.05}
+    SHARDED_BATCH = True
 
 
 class _Parser(argparse.ArgumentParser):
@@ -139,11 +206,50 @@ def integer(text: str) -> int:
     raise argparse.ArgumentTypeError(f"invalid int value: {text!r}")
 
 
-def parse_config(cls, argv=None, description: str = ""):
-    """Build ``cls`` from command-line flags generated from its fields and check it; --quick fills unset flags."""
-    parser = _Parser(description=description, argument_default=argparse.SUPPRESS)
-    takes_value = set()
+RUN_CONTROL = ("resume", "overwrite", "reuse")     # how a run was started, not what it is: not taken from its config.json
+
+
+def read_config_file(path: str, cls) -> dict:
+    """The settings of ``--config FILE``: a run's config.json (its "config" dict, bar RUN_CONTROL) or a hand-written
+    JSON object of the same fields; unknown keys and values of the wrong type are one line."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise RunError(f"--config {path}: cannot read it: {e.strerror or e}") from None
+    try:
+        settings = json.loads(text)
+    except ValueError as e:
+        raise RunError(f"--config {path} is not valid JSON ({e})") from None
+    if isinstance(settings, dict) and isinstance(settings.get("config"), dict):       # a run's config.json
+        settings = {k: v for k, v in settings["config"].items() if k not in RUN_CONTROL}
+    if not isinstance(settings, dict):
+        raise RunError(f"--config {path} must hold a JSON object of settings, or be a run's config.json")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in getattr(cls, "HIDDEN", ())}
+    unknown = [k for k in settings if k not in fields]
+    if unknown:
+        raise RunError(f"--config {path}: unknown setting{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; "
+                       f"--help lists the settings, which a JSON file spells with underscores (weight_decay for "
+                       f"--weight-decay)")
+    for k, v in settings.items():     # JSON's numbers: 2000.0 for an int, 6000000 for a float
+        kind = fields[k].type
+        if kind in ("int", int) and isinstance(v, float) and v.is_integer():
+            settings[k] = int(v)
+        elif kind in ("float", float) and isinstance(v, int) and not isinstance(v, bool):
+            settings[k] = float(v)
+    return settings
+
+
+def parse_config(cls, argv=None, description: str = "", prog: str | None = None):
+    """Build ``cls`` from command-line flags generated from its fields (but those of ``cls.HIDDEN``) and check it;
+    ``--config FILE`` gives settings that the flags beside it override; --quick fills the settings left unset."""
+    parser = _Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", metavar="FILE", help="settings from a JSON file: a run's config.json, or an object of "
+                                                         "the settings below (as in config.json); flags given beside it "
+                                                         "override it")
+    takes_value = {"--config"}
     for f in dataclasses.fields(cls):
+        if f.name in getattr(cls, "HIDDEN", ()):
+            continue
         shown = "the recipe" if f.default is None else f.default
         help_ = f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%")
         if f.type in ("bool", bool):
@@ -160,11 +266,22 @@ def parse_config(cls, argv=None, description: str = ""):
                 continue
         args.append(arg)
     given = vars(parser.parse_args(args))
+    given = {**(read_config_file(given.pop("config"), cls) if "config" in given else {}), **given}
     preset = getattr(cls, "QUICK", {}) if given.get("quick") else {}
     with user_input():         # a settings class may refuse a value as it is built (an unknown recipe, say)
         cfg = cls(**{**preset, **given})
     cfg.check()
     return cfg
+
+
+def bar_off(progress: bool) -> bool | None:
+    """tqdm's ``disable`` for a progress bar: off unless asked for on rank 0 with stdout on a terminal, so that a log
+    that stdout goes to holds the epoch lines alone (``None``: tqdm then also hides it when stderr is no terminal)."""
+    try:
+        terminal = sys.stdout.isatty()
+    except (AttributeError, ValueError):        # replaced or closed
+        terminal = False
+    return None if progress and terminal and distributed.is_main() else True
 
 
 def spare_cores() -> int:
@@ -207,10 +324,10 @@ def space_label(spec: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 def identity(cfg: RunSettings, data: dict, device: torch.device) -> dict:
-    """What a checkpoint resumes only under: the program, its settings (bar the VOLATILE ones), the data's
-    fingerprint and the kind of device."""
+    """What a checkpoint resumes only under: the program, its settings (bar the VOLATILE ones), the content of every
+    input file they name (``input_files``), the data's fingerprint and the kind of device."""
     return {"program": type(cfg).__name__, "settings": {k: v for k, v in cfg.to_dict().items() if k not in cfg.VOLATILE},
-            "data": data, "device_type": device.type}
+            "inputs": input_files(cfg), "data": data, "device_type": device.type}
 
 
 def check_identity(mine: dict, theirs, ignore: tuple[str, ...] = (), what: str = "the checkpoint"):
@@ -225,6 +342,12 @@ def check_identity(mine: dict, theirs, ignore: tuple[str, ...] = (), what: str =
     if diff:
         raise RunError(f"{what} was written with other settings ({', '.join(f'{flag(k)} {a.get(k)} → {b.get(k)}' for k in diff)}): "
                        f"resume with the same flags, or pass --overwrite or another --name")
+    a, b = theirs["inputs"], mine["inputs"]
+    for name, spec in ((n, spec) for n in sorted(set(a) | set(b)) for spec in sorted(set(a.get(n, {})) | set(b.get(n, {})))):
+        if name not in ignore and a.get(name, {}).get(spec) != b.get(name, {}).get(spec):
+            raise RunError(f"{what} was written with another {flag(name)} {spec}: the file has changed since (sha256 "
+                           f"{str(a.get(name, {}).get(spec))[:12]} then, {str(b.get(name, {}).get(spec))[:12]} now): "
+                           f"resume with the file it read, or pass --overwrite or another --name")
     a, b = theirs["data"], mine["data"]
     diff = [k if isinstance(b.get(k), list) else f"{k} {a.get(k)} → {b.get(k)}" for k in b if a.get(k) != b.get(k)]
     if diff:
@@ -255,18 +378,98 @@ def write_run_config(run_dir: Path, cfg, ess: ExpandedSearchSpace, device: torch
 
 
 # --------------------------------------------------------------------------------------------
+# What a run says as it starts: its plan, then the time it will take
+# --------------------------------------------------------------------------------------------
+
+def duration(seconds: float) -> str:
+    """'0.35 s', '12 s', '4 min 10 s', '5 h 12 min'."""
+    if seconds < 10:
+        return f"{seconds:.2g} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+
+
+def start_line(cfg: RunSettings, run_dir: Path, device: torch.device, data: data_mod.ImageData, space: str,
+               phases: list[tuple[str, int]], steps: int, done: int) -> str:
+    """One line: the run folder, the device, the data, the space and the schedule (and where a resumed run goes on)."""
+    where = f"{device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
+    where += f", {distributed.world()} processes" if distributed.world() > 1 else ""
+    split = f" ({' + '.join(f'{n} {name}' for name, n in phases)})" if len(phases) > 1 else ""
+    batch = f" at batch {cfg.batch_size}" if getattr(cfg, "batch_size", None) else ""
+    schedule = f"{sum(n for _, n in phases)} epochs{split} of {steps} step{'s' * (steps != 1)}{batch}"
+    parts = [f"{run_dir} on {where}", f"{data.name}: {len(data.train_y):,} training images of {data.num_classes} classes",
+             *([space] if space else []), schedule]
+    return "; ".join(parts) + (f", from epoch {done + 1}" if done else "")
+
+
+class Estimate:
+    """The time of the whole run, estimated from the first few steps of each phase: ``step()`` after every step
+    returns (seconds, the phase's name, seconds a step, whether later phases remain) once a phase has run
+    ``AFTER`` steps (or all of its steps, if fewer), else None. The pace leaves out a phase's first step, which pays
+    for one-off work."""
+
+    AFTER = 4
+
+    def __init__(self, phases: list[tuple[str, int]], steps: int, done_epochs: int, spent: float):
+        self.names, self.ends = [name for name, _ in phases], list(itertools.accumulate(n for _, n in phases))
+        self.steps, self.spent, self.done = steps, spent, done_epochs * steps
+        self.started = self.last = clock()
+        self.phase, self.count, self.first, self.phase_start, self.phase_steps = None, 0, 0.0, 0.0, 0
+
+    def step(self):
+        now, self.done = clock(), self.done + 1
+        epoch = (self.done - 1) // self.steps
+        phase = next((i for i, end in enumerate(self.ends) if epoch < end), len(self.ends) - 1)
+        if phase != self.phase:
+            self.phase, self.count, self.phase_start = phase, 0, self.last
+            self.phase_steps = self.ends[phase] * self.steps - self.done + 1      # this phase's steps from here
+        self.count, self.last = self.count + 1, now
+        if self.count == 1:
+            self.first = now
+        if self.count != min(self.AFTER, self.phase_steps):
+            return None
+        pace = (now - self.first) / (self.count - 1) if self.count > 1 else now - self.phase_start
+        total = self.spent + (now - self.started) + pace * (self.ends[-1] * self.steps - self.done)
+        return total, self.names[phase], pace, phase < len(self.ends) - 1
+
+
+def estimate_lines(cfg: RunSettings, device: torch.device, total: float, phase: str, pace: float, later: bool,
+                   warned: bool) -> list[str]:
+    """The estimate's line and, the first time a CPU run's estimate exceeds an hour, what to use instead."""
+    lines = [f"time estimate: {'at least' if later else 'about'} {duration(total)} for the whole run ({phase} steps "
+             f"take {duration(pace)}{'; the next phase is timed when it starts' if later else ''})"]
+    if device.type == "cpu" and total > 3600 and not warned:
+        reduced = all(getattr(cfg, k, v) <= v for k, v in REDUCED.items() if k in ("d_max", "w_max"))
+        instead = "fewer --epochs or less data" if reduced else (
+            "the reduced space (" + " ".join(f"{flag(k)} {v}" for k, v in REDUCED.items()) + ") or --quick")
+        spare = spare_cores()
+        busy = (f"; other processes keep cores busy here: --threads {spare} may be faster"
+                if spare < torch.get_num_threads() else "")
+        lines.append(f"this {'run' if reduced else 'space'} needs a GPU: on this CPU the run takes "
+                     f"{'at least ' if later else ''}{duration(total)}; run it where CUDA is available (--device cuda), "
+                     f"or use {instead}{busy}")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
 # Training loops with checkpoints, progress, epoch lines and the divergence stop
 # --------------------------------------------------------------------------------------------
 
 def train_run(trainer, fit: Callable, steps: int, cfg: RunSettings, run_dir: Path, ess: ExpandedSearchSpace,
               data: data_mod.ImageData, device: torch.device, data_gen: torch.Generator, describe: Callable,
               status: Callable | None = None, on_step: Callable | None = None, callback: Callable | None = None,
-              start: dict | None = None, ignore: tuple[str, ...] = ()):
+              start: dict | None = None, ignore: tuple[str, ...] = (), space: str = "",
+              phases: list[tuple[str, int]] | None = None):
     """Run ``fit(on_step, on_epoch)`` of a ``trainer`` (``state_dict``, ``load_state_dict``, ``history``) of
     ``steps`` steps an epoch, in ``run_dir``: resumed from ``checkpoint.pt`` with --resume (or from the state
     ``start``), refusing another identity (bar the settings in ``ignore``); ``config.json`` first; after each
     epoch the divergence rule, the checkpoint (not of a suspect epoch), an epoch line (``describe(record)``) and
-    a line of ``metrics.jsonl``; a progress bar with ``status(trainer, sums, n)``."""
+    a line of ``metrics.jsonl``; a progress bar with ``status(trainer, sums, n)``. On stdout first a line of the
+    plan (``space`` says what the run searches or trains over; ``phases``: (name, epochs) in order, by default
+    one of ``cfg.epochs``), then after the first few steps of each phase the estimated time of the whole run."""
     mine = identity(cfg, data_mod.fingerprint(data), device)
     state, resume = start, (run_dir / "checkpoint.pt").is_file() if cfg.reuse else cfg.resume
     if resume:                       # rank 0 checks the checkpoint first, then every process reads it itself
@@ -288,19 +491,35 @@ def train_run(trainer, fit: Callable, steps: int, cfg: RunSettings, run_dir: Pat
         try:
             trainer.load_state_dict(state)
             data_gen.set_state(state["data_gen"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            if not (isinstance(trainer.epoch, int) and isinstance(trainer.step, int) and 0 <= trainer.epoch <= trainer.step
+                    and all(isinstance(h, dict) for h in trainer.history)):
+                raise TypeError(f"its counters are epoch {trainer.epoch!r} and step {trainer.step!r}")
+        except (MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as e:      # anything a foreign or damaged state trips, read whole inside this guard
             raise RunError(f"the checkpoint {run_dir / 'checkpoint.pt'} does not fit this run ({type(e).__name__}): "
                            f"delete it or pass --overwrite") from None
     write_run_config(run_dir, cfg, ess, device)
     metrics = run_dir / "metrics.jsonl"          # one JSON line per epoch, as it goes (resumed: the kept epochs)
     write_atomic(metrics, lambda p: p.write_text("".join(json.dumps(h) + "\n" for h in trainer.history)))
     current = lambda: {"identity": mine, "config": cfg.to_dict(), **trainer.state_dict(), "data_gen": data_gen.get_state()}
-    bar = tqdm(total=steps, leave=False, dynamic_ncols=True, disable=None if cfg.progress and distributed.is_main() else True)
+    bar = tqdm(total=steps, leave=False, dynamic_ncols=True, disable=bar_off(cfg.progress))
+    phases = phases or [("training", cfg.epochs)]
+    done = len(trainer.history)
+    say = lambda line: (bar.clear(), print(line, flush=True)) if distributed.is_main() else None
+    say(start_line(cfg, run_dir, device, data, space, phases, steps, done))
+    estimate, warned = Estimate(phases, steps, done, sum(h.get("seconds", 0.0) for h in trainer.history)), []
 
     def step(trainer, sums):
         if on_step is not None:
             on_step(trainer, sums)
         bar.update()
+        timed = estimate.step()
+        if timed is not None:
+            lines = estimate_lines(cfg, device, *timed, warned=bool(warned))
+            warned.extend(lines[1:])         # the GPU advice, once
+            for line in lines:
+                say(line)
         if status is not None and bar.n % 20 == 1:
             bar.set_postfix_str(status(trainer, sums, bar.n), refresh=False)
 
@@ -332,6 +551,8 @@ def cli(main: Callable[[list[str] | None], int]):
     Under torchrun every process runs ``main``; a process that fails ends the run (torchrun stops the others)."""
     prog = Path(sys.argv[0]).name
     code, message = 0, None
+    with suppress(ValueError):                     # from here Ctrl-C is a KeyboardInterrupt again (not while starting)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     for stream in (sys.stdout, sys.stderr):        # an ASCII terminal still gets every line
         with suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import data as data_mod
 import distributed
 import runs
 from flops import arch_flops, arch_params
-from rundir import RunError, empty, load_checkpoint, run_folder, save_torch, write_atomic, write_json
+from rundir import RunError, empty, load_checkpoint, not_a_file, reading, run_folder, save_torch, write_atomic, write_json
 from runs import RunSettings, option
 from space import Arch, ExpandedSearchSpace
 from supernet import Network, build
@@ -96,7 +97,8 @@ class TrainSettings(SGDSettings):
 class ScratchConfig(RunSettings, TrainSettings):
     """From-scratch training of one architecture over several seeds (Table 1, the settings of [4])."""
 
-    arch: str = option("", "a nas.json, an architecture JSON file, or inline JSON {\"depths\": [...], \"widths\": [...]}")
+    arch: str = option("", "a nas.json, an architecture JSON file, or inline JSON {\"depths\": [...], \"widths\": [...]}",
+                       path="input")
     seeds: int = option(3, "independent runs (the paper: 3)", "[1, 1000]")
     eval_every: int = option(1, "test every this many epochs (history for time-to-accuracy)", "[1, 1e5]")
 
@@ -158,11 +160,9 @@ def save_weights(path: Path, arch: Arch, state: dict, ess: ExpandedSearchSpace, 
 def load_network(path: str | Path, device="cpu") -> Network:
     """A network saved by ``save_network`` (``run_scratch``'s seed<N>.pt, ``evaluate.py export``), in eval mode."""
     saved = load_checkpoint(Path(path))
-    try:
+    with reading(path, "is not a network written by this project"):
         net = build(Arch.from_dict(saved["arch"]), ExpandedSearchSpace.from_dict(saved["ess"]))
         net.load_state_dict(saved["state"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise RunError(f"{path} is not a network written by this project ({type(e).__name__})") from None
     return net.to(device).eval()
 
 
@@ -189,7 +189,7 @@ def train_from_scratch(arch: Arch, ess: ExpandedSearchSpace, data: data_mod.Imag
     torch.backends.cudnn.benchmark = device.type == "cuda" or benchmark    # restore (the supernets' shapes change)
     try:
         for epoch in tqdm(range(cfg.epochs), desc=f"scratch seed {seed}", leave=False,
-                          disable=None if cfg.progress else True):
+                          disable=runs.bar_off(cfg.progress)):
             net.train()
             loss_sum = torch.zeros((), device=device)
             for x, y in loader:
@@ -223,14 +223,14 @@ def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.Ima
         beside_nas = cfg.arch.endswith("nas.json") and not cfg.name
         run_dir = Path(cfg.arch).parent / "scratch" if beside_nas else Path(cfg.out) / (cfg.name or cfg.default_name())
     out = run_dir / "scratch.json"
-    with run_folder(run_dir, cfg.resume, cfg.overwrite, out.name, cfg.reuse):
+    with run_folder(run_dir, cfg.resume, cfg.overwrite, out.name, cfg.reuse, cfg.quick):
         data = data_mod.load_for(cfg, ess, runs.resolve_device(cfg.device)) if data is None else data
         mine = runs.identity(cfg, data_mod.fingerprint(data), runs.resolve_device(cfg.device))
         mine = json.loads(json.dumps(mine)) | {"arch": arch.to_dict()}
         result = {}          # what earlier seeds left: rank 0 reads it, every process learns it
         if (out.is_file() if cfg.reuse else cfg.resume) and distributed.is_main():
             try:
-                result = read_result(out, mine)
+                result = read_result(out, mine, cfg.seed)
             except RunError:
                 if not cfg.reuse:
                     raise
@@ -248,7 +248,8 @@ def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.Ima
             for seed, (run, state) in zip(seeds, distributed.map_shared(train, seeds)):
                 save_weights(run_dir / f"seed{seed}.pt", arch, state, ess, error=run["error"], recipe=recipe,
                              dataset=cfg.dataset)
-                trained.append({**run, "weights": f"seed{seed}.pt"})
+                digest = distributed.broadcast(runs.sha256(run_dir / f"seed{seed}.pt") if distributed.is_main() else None)
+                trained.append({**run, "weights": f"seed{seed}.pt", "sha256": digest})
             errors = [r["error"] for r in trained]
             result = {"arch": arch.to_dict(), "flops": arch_flops(arch, ess), "params": arch_params(arch, ess),
                       "dataset": cfg.dataset, "recipe": recipe, "errors": errors, "mean": float(np.mean(errors)),
@@ -258,19 +259,29 @@ def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.Ima
     return result
 
 
-def read_result(path: Path, mine: dict) -> dict:
-    """What earlier seeds left in scratch.json, if it was written under the identity ``mine`` (one line if not)."""
-    try:
+def read_result(path: Path, mine: dict, first_seed: int) -> dict:
+    """What earlier seeds left in scratch.json, if it was written under the identity ``mine`` (one line if not): read
+    whole inside its guard, with a finite error in [0, 100] for each of seeds first_seed, first_seed + 1, …, and each
+    seed's network file unchanged beside it."""
+    with reading(path, "is corrupt"):
         result = json.loads(path.read_text())
-        errors = [float(r["error"]) for r in result["runs"]]
-        ok = isinstance(result["runs"], list) and all(isinstance(r, dict) for r in result["runs"]) and all(
-            e == e for e in errors)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RunError(f"{path} is corrupt ({type(e).__name__}): pass --overwrite to start over") from None
-    if not ok:
-        raise RunError(f"{path} is corrupt (its runs are malformed): pass --overwrite to start over")
-    if result.get("identity", {}).get("arch") != mine["arch"]:
+        trained, theirs = result["runs"], result["identity"]
+        if not isinstance(trained, list) or not isinstance(theirs, dict):
+            raise TypeError(f"its runs are {type(trained).__name__} and its identity {type(theirs).__name__}")
+        for i, r in enumerate(trained):
+            error = r["error"]
+            if not isinstance(error, (int, float)) or isinstance(error, bool) or not (math.isfinite(error) and 0 <= error <= 100):
+                raise ValueError(f"run {i} has the error {error!r}, not a percentage")
+            if r["seed"] != first_seed + i or not isinstance(r["weights"], str):
+                raise ValueError(f"run {i} is of seed {r['seed']!r}, not {first_seed + i}")
+        arch = theirs.get("arch")
+    if arch != mine["arch"]:
         raise RunError(f"{path} holds another architecture; use --overwrite or another --name")
     runs.check_identity({k: v for k, v in mine.items() if k != "arch"},
-                        {k: v for k, v in result["identity"].items() if k != "arch"}, what=str(path))
+                        {k: v for k, v in theirs.items() if k != "arch"}, what=str(path))
+    for r in trained:        # the networks it lists: each still the one that was trained
+        weights = path.parent / r["weights"]
+        if not_a_file(weights) or r.get("sha256") != runs.sha256(weights):
+            raise RunError(f"{weights}, the network of seed {r['seed']} in {path}, is {(not_a_file(weights) or 'not the one trained').removeprefix('it is ')}"
+                           f" (it has changed since): pass --overwrite to train every seed again")
     return result

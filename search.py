@@ -56,7 +56,8 @@ class SearchSettings(SGDSettings):
     tau0: float = setting(5.0, "τ_0: Gumbel-softmax temperature of the first search epoch (FBNet)", "(0, inf)")
     tau_end: float = setting(0.1, "τ of the last search epoch; τ decays exponentially in between (FBNet's form, "
                                   "choice)", "(0, tau0]")
-    eps: float = setting(1e-4, "masked forwards skip options whose weight is below ε", "[0, 1)")
+    eps: float = setting(1e-4, "masked forwards skip options whose weight is below ε (each stage keeps its heaviest)",
+                         "[0, 1)")
     seed: int = setting(0, "seed of everything", "[0, 4.6e18]")
 
 

@@ -39,6 +39,10 @@ ORDERINGS: dict[str, tuple[int, ...]] = {
 }
 
 
+ORDERING_RULES = {"regnet": "d1 ≤ d2 ≤ d3 and w1 ≤ w2 ≤ w3", "elite": "d1 ≤ d3 ≤ d2 and w1 ≤ w3 ≤ w2"}
+MAX_ORDERED_DRAWS = 20_000_000       # draws before an ordering that (almost) no architecture obeys is given up
+
+
 # --------------------------------------------------------------------------------------------
 # The space's configuration
 # --------------------------------------------------------------------------------------------
@@ -344,19 +348,31 @@ class Space:
 
     def sample_tensors(self, generator: torch.Generator, n: int,
                        ordering: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` uniform architectures as (n, N) depth and width tensors, by batched rejection."""
-        got_d, got_w, have = [], [], 0
-        for _ in range(10_000):
+        """``n`` uniform architectures as (n, N) depth and width tensors, by batched rejection: an ordering that no
+        architecture of the space obeys is refused before any draw, and one that almost none obeys after
+        ``MAX_ORDERED_DRAWS`` draws (a ValueError naming it)."""
+        self.check_ordering(ordering)
+        got_d, got_w, have, drawn = [], [], 0, 0
+        while have < n:
+            if drawn >= MAX_ORDERED_DRAWS:
+                raise ValueError(f"only {have} of {n} architectures of {self} obey the {ordering} ordering "
+                                 f"({ORDERING_RULES.get(ordering, ordering)}) after {drawn:,} draws")
             # ~1/36 of the space obeys an ordering; cap a draw at 2M rows (~100 MB)
             batch = max(2 * (n - have), 64) if ordering is None else min(max(40 * (n - have), 1024), 2_000_000)
             d, w = self._uniform(generator, batch)
+            drawn += batch
             keep = _ordered(d, ordering) & _ordered(w, ordering)
             got_d.append(d[keep])
             got_w.append(w[keep])
             have += int(keep.sum())
-            if have >= n:
-                return torch.cat(got_d)[:n], torch.cat(got_w)[:n]
-        raise ValueError(f"{self} has (almost) no architectures under the ordering {ordering!r}")
+        return torch.cat(got_d)[:n], torch.cat(got_w)[:n]
+
+    def check_ordering(self, ordering: str | None):
+        """Raise ValueError unless some architecture of the space obeys the ordering (§4.5); exact, without a draw."""
+        for ranges in (self.depths, self.widths) if ordering is not None else ():
+            if not _can_order(ranges, ordering):
+                raise ValueError(f"no architecture of {self} obeys the {ordering} ordering "
+                                 f"({ORDERING_RULES.get(ordering, ordering)})")
 
     def _uniform(self, generator: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         return uniform_in(self.depths, generator, n), uniform_in(self.widths, generator, n)
@@ -395,6 +411,20 @@ def uniform_in(ranges: Sequence[Range], generator: torch.Generator, n: int) -> t
     span = torch.tensor([r[1] - r[0] + 1 for r in ranges])
     u = torch.rand(n, len(ranges), generator=generator, dtype=torch.float64)
     return lo + (u * span).long().clamp_max(span - 1)
+
+
+def _can_order(ranges: Sequence[Range], ordering: str) -> bool:
+    """Whether some values, one in each range, are non-decreasing in the stage order of ``ordering`` (greedily: each
+    value the least its range and the one before allow)."""
+    if ordering not in ORDERINGS or len(ranges) != len(ORDERINGS[ordering]):
+        return True            # ``_ordered`` says what is wrong with it
+    value = -math.inf
+    for stage in ORDERINGS[ordering]:
+        lo, hi = ranges[stage]
+        value = max(value, lo)
+        if value > hi:
+            return False
+    return True
 
 
 def _ordered(values: torch.Tensor, ordering: str | None) -> torch.Tensor:

@@ -184,8 +184,8 @@ class SuperNet(nn.Module):
 
         ``g_depth[i]`` (K_d,) and ``g_width[i]`` (K_w,) weight the options; ``depth_values[i][k]``
         and ``width_values[i][k]`` are their depth and width (for NSS: drawn inside option k's range).
-        Options whose weight is ≤ ``eps`` are left out, which cuts the forward to the largest
-        depth and width that still matter. The weights may be on the CPU; they are moved here.
+        Options whose weight is ≤ ``eps`` are left out (but the heaviest of each stage), which cuts the forward
+        to the largest depth and width that still matter. The weights may be on the CPU; they are moved here.
         """
         return self.run(x, self.masked_plan(g_depth, g_width, depth_values, width_values, eps))
 
@@ -275,11 +275,15 @@ class SuperNet(nn.Module):
 
 
 def _above(gs: Sequence[torch.Tensor], eps: float) -> list[list[bool]]:
-    """Which option weights exceed eps, per stage (one device→host copy if they are on a device)."""
-    flags = (torch.cat([g.detach() for g in gs]) > eps).tolist()
+    """Which option weights exceed eps, per stage, and always each stage's largest (one device→host copy if they are
+    on a device). The largest weight of K options is at least 1/K, so below ε < 1/K this keeps exactly the options
+    above ε; a larger ε still leaves the forward the option that weighs the most, never no option at all."""
+    values = torch.cat([g.detach() for g in gs]).tolist()
     out, start = [], 0
     for g in gs:
-        out.append(flags[start:start + len(g)])
+        stage = values[start:start + len(g)]
+        top = max(range(len(stage)), key=stage.__getitem__)
+        out.append([v > eps or k == top for k, v in enumerate(stage)])
         start += len(g)
     return out
 

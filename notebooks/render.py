@@ -123,7 +123,8 @@ def main(argv=None) -> int:
     selected = notebooks(args.names)
     if not selected:
         parser.error(f"no notebook matches {' '.join(args.names)}")
-    out = Path(args.out or HERE / ("executed" if not args.plain else f"plain-{args.scale}"))
+    # absolute: the notebooks run in their own folder, and their figures follow --out there
+    out = Path(args.out or HERE / ("executed" if not args.plain else f"plain-{args.scale}")).absolute()
     out.mkdir(parents=True, exist_ok=True)
     for path in selected:
         start = time.time()

@@ -232,7 +232,7 @@ def test_the_transfer_budget_of_a_weight_step_and_a_theta_step(fake):
 def test_on_a_gpu_the_steps_keep_the_transfer_budget():
     """The same budget on a real device, the backward's copies recorded as they happen; bf16 gradients finite."""
     searcher = Searcher(SETTINGS, ESS, Options.nss(ESS), device="cuda", amp=True)
-    x, y = (t.cuda() for t in batch(channels_last=True))
+    x, y = (t.to("cuda") for t in batch(channels_last=True))
     recorder = Recorder()
     with recorder:
         searcher.weight_step(x, y, 0.05)

@@ -128,6 +128,7 @@ def test_missing_data_gives_a_clear_error(tmp_path, name, kwargs, message):
 JPEG_COPY = Path(os.environ.get("NSS_CIFAR_JPEG", "data/cifar10-jpeg"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (JPEG_COPY / "train").is_dir(), reason="the CIFAR-10 JPEG copy is not unpacked here")
 def test_cifar10_jpeg_copy_loads_like_cifar10():
     d = data.load("folder", JPEG_COPY)

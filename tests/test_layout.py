@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = ["space.py", "flops.py", "supernet.py", "train.py", "search.py"]
 COMMAND_LINES = {"nss", "nas", "evaluate", "bench"}
@@ -40,6 +42,7 @@ print("elite", elite["elite_space"], round(100 * elite["deviation"], 2))
 '''
 
 
+@pytest.mark.slow
 def test_the_method_copies_out_alone(tmp_path):
     """The five method files, alone in an empty folder, run a two-epoch search on a user's own batches."""
     for name in METHOD:

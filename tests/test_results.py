@@ -46,7 +46,7 @@ def fake_findings(root: Path, elite_error: float, p: float):
 
 
 @pytest.mark.parametrize("elite_error, p, verdict", [(40.0, 0.001, "holds"), (40.0, 0.3, "not shown (p ≥ 0.05)"),
-                                                     (60.0, 0.9, "opposite")])
+                                                     (60.0, 0.9, "not shown (p ≥ 0.05)"), (60.0, 0.99, "opposite")])
 def test_a_claim_holds_only_in_the_papers_direction_and_below_p_005(tmp_path, elite_error, p, verdict):
     fake_findings(tmp_path, elite_error, p)
     rows = {r["claim"]: r for r in plots.claims(tmp_path)}
