@@ -118,7 +118,9 @@ def objects_sent():
 def score_and_scratch(out: Path, supernet: str, world: int) -> dict:
     """Scoring and from-scratch seeds, split over the processes."""
     same = [*TINY, "--synthetic-size", "400", "--out", str(out)]
-    score = ev.run_score(runs.parse_config(ev.ScoreConfig, [*same, "--supernet", supernet, "--n", "7", "--calib-images",
+    space = TINY.index("--d-max")                  # scoring takes its space from the supernet file
+    unspaced = [*TINY[:space], *TINY[space + 8:], "--synthetic-size", "400", "--out", str(out)]
+    score = ev.run_score(runs.parse_config(ev.ScoreConfig, [*unspaced, "--supernet", supernet, "--n", "7", "--calib-images",
                                                             "100", "--test-images", "100", "--name", f"score-{world}"]))
     arch = json.dumps(Arch((1, 2, 1), (4, 8, 8)).to_dict())
     scratch = ev.run_scratch(runs.parse_config(ev.ScratchConfig, [*same, "--arch", arch, "--recipe", "fast", "--seeds", "3",
