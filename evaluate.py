@@ -421,7 +421,7 @@ class RankConfig(RunSettings):
     calib_images: int = option(2000, "training images for BN recalibration", "[0, 1e7]")
     test_images: int = option(0, "test images (0: all)", "[0, 1e7]")
 
-    QUICK = {**RunSettings.QUICK, "k": 6, "epochs": 3, "batch_size": 64, "lr": 0.1, "calib_images": 200,
+    QUICK = {**RunSettings.QUICK, "k": 5, "epochs": 2, "batch_size": 64, "lr": 0.1, "calib_images": 200,
              "test_images": 250}
 
     def check(self):

@@ -59,7 +59,7 @@ def test_supernet_score_equals_extracted_standalone_score(toy):
 @pytest.mark.slow
 def test_bn_recalibration_matters_and_is_deterministic(toy):
     supernet, data, _, _ = toy
-    archs = ev.sample_archs(ESS.full_space(), 12, ESS, torch.Generator().manual_seed(1))
+    archs = ev.sample_archs(ESS.full_space(), 8, ESS, torch.Generator().manual_seed(1))
     before = {k: v.clone() for k, v in supernet.state_dict().items()}
     raw = ev.score_archs(supernet, archs, data, calib_images=0, test_images=400, progress=False)
     cal = ev.score_archs(supernet, archs, data, calib_images=400, test_images=400, progress=False)
@@ -108,10 +108,10 @@ def test_cli_rank_quick_writes_its_statistics_and_plot(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "runs" / "rank-quick" / "rank.json").read_text())
     n = len(result["archs"])
-    assert 2 <= n <= 6 and len(result["supernet_errors"]) == len(result["scratch_errors"]) == n
+    assert n == 5 and len(result["supernet_errors"]) == len(result["scratch_errors"]) == n
     assert result["kendall_tau"] == plots.rank_agreement(result["supernet_errors"], result["scratch_errors"])["kendall_tau"]
     assert 0 <= result["kendall_p"] <= 1
-    assert -1 <= result["spearman_rho"] <= 1 and result["recipe"]["name"] == "fast" and result["recipe"]["epochs"] == 3
+    assert -1 <= result["spearman_rho"] <= 1 and result["recipe"]["name"] == "fast" and result["recipe"]["epochs"] == 2
     assert (tmp_path / "runs" / "rank-quick" / "rank.png").stat().st_size > 10_000
     assert "Kendall τ" in proc.stdout
 
