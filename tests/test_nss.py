@@ -85,6 +85,7 @@ class Kill(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
     whole = nss.run(tiny_cfg(tmp_path, epochs=4, warmup_epochs=1, name="whole"))
 

@@ -153,6 +153,7 @@ def test_truncation_changes_nothing_measurable():
     assert (cut - full).abs().max() <= 1e-5 * full.abs().max()
 
 
+@pytest.mark.slow
 def test_sliced_cost_scales_with_the_architecture():
     """Counted during SuperNet.forward on the default (full-size) space: exactly FLOPs(a)."""
     ess = ExpandedSearchSpace()
