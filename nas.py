@@ -15,7 +15,6 @@ The number of samples used is Table 1's "#samples".
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 
