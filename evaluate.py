@@ -51,9 +51,7 @@ from supernet import SuperNet, build, recalibrate_bn
 from train import autocast, train_step
 
 
-# --------------------------------------------------------------------------------------------
-# Sampling architectures (§4.2, §4.5)
-# --------------------------------------------------------------------------------------------
+# ---- Sampling architectures (§4.2, §4.5) ---------------------------------------------------------
 
 MAX_DRAWS = 20_000_000       # architectures drawn before a band (and ordering) that almost none meets is given up
 
@@ -88,9 +86,7 @@ def sample_archs(space: Space, n: int, ess: ExpandedSearchSpace, generator: torc
     return [Arch(tuple(a), tuple(b)) for a, b in zip(d, w)]
 
 
-# --------------------------------------------------------------------------------------------
-# Supernet-based evaluation (§4.2)
-# --------------------------------------------------------------------------------------------
+# ---- Supernet-based evaluation (§4.2) ------------------------------------------------------------
 
 @dataclass
 class SupernetConfig(RunSettings, TrainSettings):
@@ -241,9 +237,7 @@ def score_archs(supernet: SuperNet, archs: Sequence[Arch], data: data_mod.ImageD
     return [dict(scores[arch]) for arch in archs]
 
 
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
+# ---- Command line --------------------------------------------------------------------------------
 
 @dataclass
 class ScoreConfig(RunSettings):
@@ -399,9 +393,7 @@ def run_export(cfg: ExportConfig) -> str:
     return f"{arch} ({format_flops(arch_flops(arch, ess))}) written to {out} and, as a torch.export program, {program}"
 
 
-# --------------------------------------------------------------------------------------------
-# How far to trust the evaluation supernet: its ranking against training from scratch
-# --------------------------------------------------------------------------------------------
+# ---- How far to trust the evaluation supernet: its ranking against training from scratch ---------
 
 @dataclass
 class RankConfig(RunSettings):

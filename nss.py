@@ -58,9 +58,7 @@ class NSSConfig(SearchConfig):
                                                          else f"nss-{self.dataset}-warmup-s{self.seed}")
 
 
-# --------------------------------------------------------------------------------------------
-# A search in its run folder (NSS here, NAS in nas.py)
-# --------------------------------------------------------------------------------------------
+# ---- A search in its run folder (NSS here, NAS in nas.py) ----------------------------------------
 
 def search_status(searcher: Searcher, sums: list, n: int) -> str:
     """The progress bar's text: the running loss, E[FLOPs] and τ, and P_Θ's mode (none in the warmup)."""
@@ -133,9 +131,7 @@ def run_search(cfg: SearchConfig, ess: ExpandedSearchSpace, options: Options, wh
     return result
 
 
-# --------------------------------------------------------------------------------------------
-# Network Space Search
-# --------------------------------------------------------------------------------------------
+# ---- Network Space Search ------------------------------------------------------------------------
 
 def run(cfg: NSSConfig, data: data_mod.ImageData | None = None, callback=None) -> dict:
     """Network Space Search end to end: writes runs/<name>/{config,result}.json and returns the result."""

@@ -27,15 +27,12 @@ from flops import format_flops
 FULL_COLOR, ELITE_COLOR = "tab:blue", "tab:orange"     # the paper's blue and orange dots
 
 
-# --------------------------------------------------------------------------------------------
-# Analysis: Pareto fronts and EDFs
-# --------------------------------------------------------------------------------------------
+# ---- Analysis: Pareto fronts and EDFs ------------------------------------------------------------
 
 def pareto_front(flops: Sequence[float], errors: Sequence[float]) -> list[int]:
     """Indices of the points no other point beats in both FLOPs and error, by increasing FLOPs."""
-    order = sorted(range(len(flops)), key=lambda i: (flops[i], errors[i]))
     front, best = [], math.inf
-    for i in order:
+    for i in sorted(range(len(flops)), key=lambda i: (flops[i], errors[i])):
         if errors[i] < best:
             front.append(i)
             best = errors[i]
@@ -65,9 +62,7 @@ def median_error_within(scores: list[dict], target: float, tolerance: float = 0.
     return float(np.median(errors)) if errors else float("nan")
 
 
-# --------------------------------------------------------------------------------------------
-# Statistics (scipy): rank agreement, and whether one group's errors are lower than another's
-# --------------------------------------------------------------------------------------------
+# ---- Statistics (scipy): rank agreement, and whether one group's errors are lower than another's -
 
 def rank_agreement(x: Sequence[float], y: Sequence[float]) -> dict:
     """How well scores ``x`` order what ``y`` measures (supernet against from-scratch errors, §4.2's basis):
@@ -83,17 +78,13 @@ def lower_errors(a: Sequence[float], b: Sequence[float]) -> dict:
     group sizes and medians; the p-value is None when either group is empty."""
     from scipy import stats
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    out = {"n_a": len(a), "n_b": len(b), "median_a": float(np.median(a)) if len(a) else None,
-           "median_b": float(np.median(b)) if len(b) else None, "u": None, "p": None}
-    if len(a) and len(b):
-        test = stats.mannwhitneyu(a, b, alternative="less")
-        out |= {"u": float(test.statistic), "p": float(test.pvalue)}
-    return out
+    median = lambda v: float(np.median(v)) if len(v) else None
+    test = stats.mannwhitneyu(a, b, alternative="less") if len(a) and len(b) else None
+    return {"n_a": len(a), "n_b": len(b), "median_a": median(a), "median_b": median(b),
+            "u": None if test is None else float(test.statistic), "p": None if test is None else float(test.pvalue)}
 
 
-# --------------------------------------------------------------------------------------------
-# Table 1
-# --------------------------------------------------------------------------------------------
+# ---- Table 1 -------------------------------------------------------------------------------------
 
 def table_rows(runs_dir: str | Path, match: str = "*", warn=None) -> list[dict]:
     """Table 1's rows from every nas.json under ``runs_dir`` whose run folder matches the glob ``match``
@@ -139,9 +130,8 @@ def _read_result(path: Path, fields: dict) -> dict:
         raise ValueError(f"not a result (a JSON {type(r).__name__})")
     def fits(value, field) -> bool:
         kind, lo, hi = field if isinstance(field, tuple) and len(field) == 3 else (field, None, None)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            return False
-        return lo is None or (math.isfinite(value) and lo <= value <= hi)
+        return (isinstance(value, kind) and not isinstance(value, bool)
+                and (lo is None or (math.isfinite(value) and lo <= value <= hi)))
     wrong = [k for k, field in fields.items() if not fits(r.get(k), field)]
     if wrong:
         raise ValueError(f"missing or malformed {', '.join(f'{k} ({r.get(k)!r})' if k in r else k for k in wrong)}")
@@ -177,10 +167,7 @@ def table1(rows: list[dict]) -> tuple[str, str]:
     return "\n".join(lines) + "\n", buf.getvalue()
 
 
-
-# --------------------------------------------------------------------------------------------
-# Figures
-# --------------------------------------------------------------------------------------------
+# ---- Figures -------------------------------------------------------------------------------------
 
 def flops_formatter():
     """Axis ticks in MF/GF: 540MF, 8.1MF, 1.6GF."""
@@ -209,6 +196,14 @@ def save_figure(fig, path: str | Path) -> list[Path]:
     return files
 
 
+def _finish(fig, path: str | Path | None):
+    """Lay the figure out and, given a ``path``, save it there; returns the figure."""
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
 def plot_error_vs_flops(ax, groups: dict, target: float | None = None, pareto: bool = True, log_flops: bool = True,
                         xmax: float | None = None, title: str | None = None, tolerance: float = 0.10,
                         colors: dict | None = None, legend_loc: str = "best"):
@@ -221,11 +216,10 @@ def plot_error_vs_flops(ax, groups: dict, target: float | None = None, pareto: b
     from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
     all_f, all_e = [], []
     for i, (label, scores) in enumerate(groups.items()):
-        f = [s["flops"] for s in scores if xmax is None or s["flops"] <= xmax]
-        e = [s["error"] for s in scores if xmax is None or s["flops"] <= xmax]
+        kept = [s for s in scores if xmax is None or s["flops"] <= xmax]
+        f, e = [s["flops"] for s in kept], [s["error"] for s in kept]
         ax.scatter(f, e, s=8, alpha=0.6, color=group_color(label, i, colors), label=f"{label} ({len(f)})", linewidths=0)
-        all_f += f
-        all_e += e
+        all_f, all_e = all_f + f, all_e + e
     if pareto and all_f:
         front = pareto_front(all_f, all_e)
         ax.step([all_f[i] for i in front], [all_e[i] for i in front], where="post", color="black", lw=1, label="Pareto front")
@@ -237,7 +231,7 @@ def plot_error_vs_flops(ax, groups: dict, target: float | None = None, pareto: b
     else:
         ax.xaxis.set_major_locator(MaxNLocator(5))       # MF/GF labels are wide
     if xmax is not None:
-        ax.set_xlim(0 if not log_flops else None, xmax)
+        ax.set_xlim(None if log_flops else 0, xmax)
     ax.xaxis.set_major_formatter(flops_formatter())
     lo, hi = ax.get_xlim()
     if log_flops and lo > 0 and hi / lo < 300:           # under ~2.5 decades: label 2× and 5× as well
@@ -267,10 +261,7 @@ def plot_grid(panels: list[dict], path: str | Path | None = None, ncols: int = 3
         ax.set_visible(False)
     if suptitle:               # wrapped to the figure's width (about 11 characters an inch at this size)
         fig.suptitle(textwrap.fill(suptitle, width=int(11 * fig.get_figwidth())))
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    return fig
+    return _finish(fig, path)
 
 
 def plot_flops_edfs(groups: dict, target: float, path: str | Path | None = None, tolerance: float = 0.10, title=None,
@@ -293,14 +284,9 @@ def plot_flops_edfs(groups: dict, target: float, path: str | Path | None = None,
     ax.set_ylabel("fraction of all samples with FLOPs ≤ x")
     ax.set_title(title or f"FLOPs EDF within ±{100 * tolerance:.0f}% of {format_flops(target)}")
     ax.grid(alpha=0.3)
-    if len(groups) > 4:   # many curves: keep the legend off them
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
-    else:
-        ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    return fig
+    outside = dict(bbox_to_anchor=(1.02, 1), borderaxespad=0) if len(groups) > 4 else {}   # many curves: off them
+    ax.legend(fontsize=7, loc="upper left", **outside)
+    return _finish(fig, path)
 
 
 def plot_rank_agreement(supernet_errors: Sequence[float], scratch_errors: Sequence[float],
@@ -317,10 +303,7 @@ def plot_rank_agreement(supernet_errors: Sequence[float], scratch_errors: Sequen
                         f"Spearman ρ = {r['spearman_rho']:.2f} (p = {r['spearman_p']:.2g})", transform=ax.transAxes,
             va="top", fontsize=9, bbox=dict(boxstyle="round", facecolor="white", alpha=0.8))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    return fig
+    return _finish(fig, path)
 
 
 def plot_error_edfs(panels: list[tuple[str, dict]], path: str | Path | None = None, colors: dict | None = None):
@@ -337,16 +320,10 @@ def plot_error_edfs(panels: list[tuple[str, dict]], path: str | Path | None = No
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    return fig
+    return _finish(fig, path)
 
 
-
-# --------------------------------------------------------------------------------------------
-# The claims of the paper against what the notebooks measured (the README's Results)
-# --------------------------------------------------------------------------------------------
+# ---- The claims of the paper against what the notebooks measured (the README's Results) ----------
 
 def _verdict(p, direction: bool, alpha: float = 0.05) -> str:
     """'holds' when the measured direction is the paper's and, with a one-sided test of it, p < alpha; 'opposite'
@@ -374,8 +351,7 @@ def claims(results: str | Path) -> list[dict]:
     nb02, nb03 = read("02_elite_spaces/findings.json"), read("03_nas_table1/findings.json")
     nb04, nb05, rank = read("04_bridging_the_gap/findings.json"), read("05_design_principles/findings.json"), read("rank/rank.json")
     rows = []
-    add = lambda claim, paper, measured, verdict: rows.append({"claim": claim, "paper": paper, "measured": measured,
-                                                               "verdict": verdict})
+    add = lambda *row: rows.append(dict(zip(("claim", "paper", "measured", "verdict"), row)))
     if nb02:
         per = nb02["per_target"]
         add("Elite Spaces sit at their FLOPs target (Fig. 3)", "Elite Spaces align with the Pareto front at every target",
@@ -426,15 +402,16 @@ def claims(results: str | Path) -> list[dict]:
             f"denser: {_verdict(None, nb04['elite_denser'])}; lower errors: "
             f"{_verdict(r['p'], nb04['elite_lower_median_error']) if r['p'] is not None else 'cannot be read'}")
     if nb05:
-        for banded, paper in (("with_band", "RegNet's principles slightly better"), ("without_band", "Elite ordering better")):
-            r, side = nb05[banded]["mann_whitney_elite_lower"], "with" if banded == "with_band" else "without"
-            measured = (f"median error {nb05[banded]['elite']['median_error']:.1f}% (Elite ordering) vs "
-                        f"{nb05[banded]['regnet']['median_error']:.1f}% (RegNet), Mann–Whitney p = {r['p']:.2g}")
+        for side, panel, paper in (("with", "a", "RegNet's principles slightly better"),
+                                   ("without", "b", "Elite ordering better")):
+            found = nb05[f"{side}_band"]
+            r = found["mann_whitney_elite_lower"]
+            measured = (f"median error {found['elite']['median_error']:.1f}% (Elite ordering) vs "
+                        f"{found['regnet']['median_error']:.1f}% (RegNet), Mann–Whitney p = {r['p']:.2g}")
             elite_better = r["median_a"] < r["median_b"]
-            verdict = _verdict(r["p"], elite_better) if banded == "without_band" else (
+            verdict = _verdict(r["p"], elite_better) if side == "without" else (
                 "holds" if not elite_better or r["p"] >= 0.05 else "opposite")
-            add(f"Design principles {side} a FLOPs constraint (Fig. 6{'a' if banded == 'with_band' else 'b'})", paper,
-                measured, verdict)
+            add(f"Design principles {side} a FLOPs constraint (Fig. 6{panel})", paper, measured, verdict)
     return rows
 
 

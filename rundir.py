@@ -33,9 +33,7 @@ def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-# --------------------------------------------------------------------------------------------
-# Atomic files
-# --------------------------------------------------------------------------------------------
+# ---- Atomic files --------------------------------------------------------------------------------
 
 def write_atomic(path: Path, write: Callable[[Path], None]):
     """Write through a temporary file beside ``path``, then rename it; a failed write leaves no temporary file."""
@@ -108,16 +106,10 @@ def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not_a_file(path):
         raise RunError(f"cannot read the checkpoint {path}: {not_a_file(path)}")
-    try:
+    with reading(path, "is corrupt or not one of ours"):
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as e:
-        raise RunError(f"cannot read the checkpoint {path}: {e.strerror or e}") from None
-    except Exception as e:
-        raise RunError(f"cannot read the checkpoint {path} ({type(e).__name__}); it is corrupt or not ours: "
-                       f"delete it or pass --overwrite") from None
-    if not isinstance(state, dict):
-        raise RunError(f"the checkpoint {path} is not one of ours (it holds a {type(state).__name__}): "
-                       f"delete it or pass --overwrite")
+        if not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(state).__name__}, not a dict")
     return state
 
 
@@ -128,9 +120,7 @@ def os_error(e: OSError) -> str:
     return f"{what}{': ' + fix if fix else ''}"
 
 
-# --------------------------------------------------------------------------------------------
-# Run folders
-# --------------------------------------------------------------------------------------------
+# ---- Run folders ---------------------------------------------------------------------------------
 
 def _lock(run_dir: Path) -> tuple[int, list[Path]]:
     """Create ``run_dir`` if needed and lock its LOCK file (released when the fd closes or the process dies);

@@ -118,9 +118,7 @@ def user_input():
         raise RunError(str(e)) from None
 
 
-# --------------------------------------------------------------------------------------------
-# Settings and their flags
-# --------------------------------------------------------------------------------------------
+# ---- Settings and their flags --------------------------------------------------------------------
 
 @dataclass
 class RunSettings:
@@ -319,9 +317,7 @@ def space_label(spec: str) -> str:
     return "full" if spec == "full" else f"elite-{path.parent.name}" if path.name == "result.json" else path.stem
 
 
-# --------------------------------------------------------------------------------------------
-# A run's identity and its files
-# --------------------------------------------------------------------------------------------
+# ---- A run's identity and its files --------------------------------------------------------------
 
 def identity(cfg: RunSettings, data: dict, device: torch.device) -> dict:
     """What a checkpoint resumes only under: the program, its settings (bar the VOLATILE ones), the content of every
@@ -337,20 +333,19 @@ def check_identity(mine: dict, theirs, ignore: tuple[str, ...] = (), what: str =
     if theirs["program"] != mine["program"]:
         raise RunError(f"{what} was written by another program ({theirs['program']}, not {mine['program']}): "
                        f"resume it with its own program, or pass --overwrite")
+    changed = lambda a, b: [k for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
     a, b = theirs["settings"], mine["settings"]
-    diff = [k for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
-    if diff:
+    if diff := changed(a, b):
         raise RunError(f"{what} was written with other settings ({', '.join(f'{flag(k)} {a.get(k)} → {b.get(k)}' for k in diff)}): "
                        f"resume with the same flags, or pass --overwrite or another --name")
-    a, b = theirs["inputs"], mine["inputs"]
-    for name, spec in ((n, spec) for n in sorted(set(a) | set(b)) for spec in sorted(set(a.get(n, {})) | set(b.get(n, {})))):
-        if name not in ignore and a.get(name, {}).get(spec) != b.get(name, {}).get(spec):
-            raise RunError(f"{what} was written with another {flag(name)} {spec}: the file has changed since (sha256 "
-                           f"{str(a.get(name, {}).get(spec))[:12]} then, {str(b.get(name, {}).get(spec))[:12]} now): "
-                           f"resume with the file it read, or pass --overwrite or another --name")
+    a, b = ({(n, spec): h for n, specs in side["inputs"].items() if n not in ignore
+                for spec, h in specs.items()} for side in (theirs, mine))
+    if diff := changed(a, b):
+        (name, spec), was, now = diff[0], str(a.get(diff[0]))[:12], str(b.get(diff[0]))[:12]
+        raise RunError(f"{what} was written with another {flag(name)} {spec}: the file has changed since (sha256 "
+                       f"{was} then, {now} now): resume with the file it read, or pass --overwrite or another --name")
     a, b = theirs["data"], mine["data"]
-    diff = [k if isinstance(b.get(k), list) else f"{k} {a.get(k)} → {b.get(k)}" for k in b if a.get(k) != b.get(k)]
-    if diff:
+    if diff := [k if isinstance(b.get(k), list) else f"{k} {a.get(k)} → {b.get(k)}" for k in b if a.get(k) != b.get(k)]:
         raise RunError(f"{what} was written on other data ({', '.join(diff)}): resume on the same data, "
                        f"or pass --overwrite or another --name to start over")
     if theirs["device_type"] != mine["device_type"]:
@@ -377,9 +372,7 @@ def write_run_config(run_dir: Path, cfg, ess: ExpandedSearchSpace, device: torch
                                          "versions": versions()})
 
 
-# --------------------------------------------------------------------------------------------
-# What a run says as it starts: its plan, then the time it will take
-# --------------------------------------------------------------------------------------------
+# ---- What a run says as it starts: its plan, then the time it will take --------------------------
 
 def duration(seconds: float) -> str:
     """'0.35 s', '12 s', '4 min 10 s', '5 h 12 min'."""
@@ -454,9 +447,7 @@ def estimate_lines(cfg: RunSettings, device: torch.device, total: float, phase: 
     return lines
 
 
-# --------------------------------------------------------------------------------------------
-# Training loops with checkpoints, progress, epoch lines and the divergence stop
-# --------------------------------------------------------------------------------------------
+# ---- Training loops with checkpoints, progress, epoch lines and the divergence stop --------------
 
 def train_run(trainer, fit: Callable, steps: int, cfg: RunSettings, run_dir: Path, ess: ExpandedSearchSpace,
               data: data_mod.ImageData, device: torch.device, data_gen: torch.Generator, describe: Callable,

@@ -36,9 +36,7 @@ from supernet import SuperNet
 from train import SettingError, SGDSettings, autocast, check_settings, cosine_lr, setting, train_step
 
 
-# --------------------------------------------------------------------------------------------
-# Settings: what the engine uses, and nothing of the run around it
-# --------------------------------------------------------------------------------------------
+# ---- Settings: what the engine uses, and nothing of the run around it ----------------------------
 
 @dataclass
 class SearchSettings(SGDSettings):
@@ -73,9 +71,7 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-# --------------------------------------------------------------------------------------------
-# Θ: the distribution over spaces (Eq. 2)
-# --------------------------------------------------------------------------------------------
+# ---- Θ: the distribution over spaces (Eq. 2) -----------------------------------------------------
 
 class Theta(nn.Module):
     """Θ = {α_i, β_i}: logits over each stage's depth and width options; P_Θ = Π softmax (Eq. 2).
@@ -161,9 +157,7 @@ def elite_space(theta: Theta, generator: torch.Generator, n: int, target: float,
             "deviation": best["deviation"], "candidates": candidates, "most_likely": theta.most_likely().to_dict()}
 
 
-# --------------------------------------------------------------------------------------------
-# The searcher: weight steps, Θ steps, epochs
-# --------------------------------------------------------------------------------------------
+# ---- The searcher: weight steps, Θ steps, epochs -------------------------------------------------
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -31,9 +31,7 @@ import torch.nn.functional as F
 from space import Arch, ExpandedSearchSpace
 
 
-# --------------------------------------------------------------------------------------------
-# The standalone network
-# --------------------------------------------------------------------------------------------
+# ---- The standalone network ----------------------------------------------------------------------
 
 class BasicBlock(nn.Module):
     """Residual basic block [8]: 3×3 conv, BN, ReLU, 3×3 conv, BN, + shortcut, ReLU."""
@@ -120,9 +118,7 @@ def build(arch: Arch, ess: ExpandedSearchSpace, seed: int | None = None) -> Netw
         return Network(arch, ess)
 
 
-# --------------------------------------------------------------------------------------------
-# Sliced and masked layers (functional, on prefix slices of the supernet's tensors)
-# --------------------------------------------------------------------------------------------
+# ---- Sliced and masked layers (functional, on prefix slices of the supernet's tensors) -----------
 
 def _conv(conv: nn.Conv2d, x: torch.Tensor, c_out: int) -> torch.Tensor:
     """``conv`` restricted to its first ``c_out`` filters and the input's channels."""
@@ -157,9 +153,7 @@ class StagePlan:
     coeffs: dict[int, torch.Tensor] | None = None
 
 
-# --------------------------------------------------------------------------------------------
-# The supernet
-# --------------------------------------------------------------------------------------------
+# ---- The supernet --------------------------------------------------------------------------------
 
 class SuperNet(nn.Module):
     """Weight-sharing supernet over an Expanded Search Space (§3.3): d_max blocks of w_max channels."""
@@ -288,9 +282,7 @@ def _above(gs: Sequence[torch.Tensor], eps: float) -> list[list[bool]]:
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# BN recalibration (§4.2)
-# --------------------------------------------------------------------------------------------
+# ---- BN recalibration (§4.2) ---------------------------------------------------------------------
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, images: torch.Tensor, arch: Arch | None = None, batch_size: int = 500):
@@ -317,9 +309,7 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, arch: Arch | None = N
         model.train(was_training)
 
 
-# --------------------------------------------------------------------------------------------
-# Demo
-# --------------------------------------------------------------------------------------------
+# ---- Demo ----------------------------------------------------------------------------------------
 
 if __name__ == "__main__":
     from torch.utils.flop_counter import FlopCounterMode

@@ -22,9 +22,7 @@ import torch
 import torch.nn.functional as F
 
 
-# --------------------------------------------------------------------------------------------
-# Settings that carry their own ranges
-# --------------------------------------------------------------------------------------------
+# ---- Settings that carry their own ranges --------------------------------------------------------
 
 def setting(default, help: str = "", range: str | None = None, choices: Sequence[str] | None = None):
     """A settings field with its description and its valid values: ``range`` is an interval such as
@@ -78,9 +76,7 @@ def check_settings(obj):
             raise SettingError(f.name, f"one of {', '.join(f.metadata['choices'])}", value)
 
 
-# --------------------------------------------------------------------------------------------
-# One SGD step
-# --------------------------------------------------------------------------------------------
+# ---- One SGD step --------------------------------------------------------------------------------
 
 @dataclass
 class SGDSettings:
@@ -122,9 +118,7 @@ def train_step(forwards: Callable | Sequence[Callable], optimizer: torch.optim.O
     return total / len(forwards)
 
 
-# --------------------------------------------------------------------------------------------
-# Learning-rate schedules
-# --------------------------------------------------------------------------------------------
+# ---- Learning-rate schedules ---------------------------------------------------------------------
 
 def cosine_lr(base: float, step: int, total: int, warmup: int = 0) -> float:
     """Linear warmup over ``warmup`` steps, then cosine decay from ``base`` to 0 at step ``total``."""
@@ -138,9 +132,7 @@ def step_lr(base: float, step: int, milestones: Sequence[int], gamma: float) -> 
     return base * gamma ** sum(step >= m for m in milestones)
 
 
-# --------------------------------------------------------------------------------------------
-# The divergence rule
-# --------------------------------------------------------------------------------------------
+# ---- The divergence rule -------------------------------------------------------------------------
 
 class Diverged(Exception):
     """Training diverged; the message is one line: what diverged, and which setting to change."""

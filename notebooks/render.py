@@ -130,14 +130,14 @@ def main(argv=None) -> int:
         start = time.time()
         if args.plain:
             findings = execute_plain(path, out / path.stem, args.scale)
-            print(f"{path.name}: {time.time() - start:.0f}s -> {out / path.stem} ({len(findings)} findings)", file=sys.stderr)
-            continue
-        import nbformat
-        nb = execute(path, args.scale)
-        tmp = out / f".{path.name}.tmp"
-        nbformat.write(nb, tmp)
-        os.replace(tmp, out / path.name)
-        print(f"{path.name}: {time.time() - start:.0f}s -> {out / path.name}", file=sys.stderr)
+            written = f"{out / path.stem} ({len(findings)} findings)"
+        else:
+            import nbformat
+            tmp = out / f".{path.name}.tmp"
+            nbformat.write(execute(path, args.scale), tmp)
+            os.replace(tmp, out / path.name)
+            written = out / path.name
+        print(f"{path.name}: {time.time() - start:.0f}s -> {written}", file=sys.stderr)
     return 0
 
 
