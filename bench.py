@@ -61,8 +61,8 @@ class BenchConfig:
 
 
 def quick_config(device: str) -> BenchConfig:
-    return BenchConfig(device=device, quick=True, batch_sizes=(8,), search_batch=8, arch_targets=(2e6, 6e6), big_batch=16, steps=2,
-                       epoch_steps=2, eval_archs=2, scratch_epochs=1)
+    return BenchConfig(device=device, quick=True, batch_sizes=(8,), search_batch=8, arch_targets=(2e6, 6e6),
+                       big_batch=16, steps=2, epoch_steps=2, eval_archs=2, scratch_epochs=1)
 
 
 def synchronize(device: torch.device):
@@ -102,9 +102,7 @@ def row(name: str, seconds: float, images: int, flops: int | None = None, **extr
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# The benchmarks
-# --------------------------------------------------------------------------------------------
+# ---- The benchmarks ------------------------------------------------------------------------------
 
 def bench_plain(ess, device, amp, sizes, steps) -> list[dict]:
     """The anchor: a standalone network's SGD step (no masks, no slicing), with cudnn.benchmark as measured."""
@@ -169,12 +167,9 @@ def bench_search(ess, device, amp, cfg: BenchConfig) -> list[dict]:
     steps = min(cfg.epoch_steps, full_steps) if cfg.epoch_steps else full_steps
     train, val = (First(b, steps) for b in loaders)
     rows = []
+    one_epoch = lambda: searcher.fit(train, val, until=searcher.epoch + 1)
     for phase in ("warmup", "search"):
-        synchronize(device)
-        start = time.perf_counter()
-        searcher.fit(train, val, until=searcher.epoch + 1)
-        synchronize(device)
-        seconds = (time.perf_counter() - start) * full_steps / steps
+        seconds = timed(one_epoch, 1, device, warmup=0) * full_steps / steps
         rows.append(row(f"NSS {phase} epoch ({full_steps} steps of {cfg.search_batch}"
                         f"{', scaled from ' + str(steps) if steps < full_steps else ''})",
                         seconds, full_steps * cfg.search_batch * (1 if phase == "warmup" else 2)))
@@ -206,12 +201,9 @@ def bench_eval(ess, device, amp, cfg: BenchConfig) -> list[dict]:
     supernet = SuperNet(ess).to(device)
     supernet = supernet.to(memory_format=torch.channels_last) if amp else supernet
     archs = evaluate.sample_archs(space, cfg.eval_archs + 1, ess, torch.Generator().manual_seed(0))
-    evaluate.score_archs(supernet, archs[:1], data, calib_images=n_train, amp=amp, progress=False)   # warm-up
-    synchronize(device)
-    start = time.perf_counter()
-    evaluate.score_archs(supernet, archs[1:], data, calib_images=n_train, amp=amp, progress=False)
-    synchronize(device)
-    seconds = (time.perf_counter() - start) / cfg.eval_archs
+    score = lambda some: evaluate.score_archs(supernet, some, data, calib_images=n_train, amp=amp, progress=False)
+    score(archs[:1])                                                                  # warm-up
+    seconds = timed(lambda: score(archs[1:]), 1, device, warmup=0) / cfg.eval_archs
     return [{"name": f"score archs of {space} ({format_flops(space_flops(space, ess))})",
              "seconds": seconds, "archs_per_min": 60 / seconds, "img_per_s": (n_train + n_test) / seconds}]
 
@@ -221,7 +213,7 @@ def bench_scratch(ess, device, amp, cfg: BenchConfig) -> list[dict]:
     data = data_mod.load("folder", cfg.data_dir, device=device)
     arch = arch_near(ess, 1.6e9) if not cfg.quick else Arch((1, 1, 1), (4, 4, 4))
     scratch_cfg = ScratchConfig(dataset="folder", data_dir=cfg.data_dir, recipe="fast", device=str(device), amp=amp,
-                                         epochs=cfg.scratch_epochs, progress=False)
+                                epochs=cfg.scratch_epochs, progress=False)
     result, _ = train_from_scratch(arch, ess, data, scratch_cfg, seed=0)
     reach = lambda acc: next((h["seconds"] for h in result["history"] if 100 - h["test_error"] >= acc), None)
     return [{"name": f"from scratch {format_flops(arch_flops(arch, ess))} {arch}, {cfg.scratch_epochs} epochs",
@@ -236,7 +228,8 @@ def run(cfg: BenchConfig) -> dict:
     sections = {}
     for name, fn in (("plain", lambda: bench_plain(ess, device, amp, cfg.batch_sizes, cfg.steps)),
                      ("masked", lambda: bench_masked(ess, device, amp, cfg.batch_sizes, cfg.steps)),
-                     ("sliced", lambda: bench_sliced(ess, device, amp, cfg.search_batch, cfg.arch_targets, cfg.big_batch, cfg.steps)),
+                     ("sliced", lambda: bench_sliced(ess, device, amp, cfg.search_batch, cfg.arch_targets,
+                                                     cfg.big_batch, cfg.steps)),
                      ("search", lambda: bench_search(ess, device, amp, cfg)),
                      ("eval", lambda: bench_eval(ess, device, amp, cfg))):
         sections[name] = fn()

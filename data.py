@@ -12,6 +12,7 @@ Run ``python data.py`` for a short demo on synthetic data.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 from dataclasses import dataclass
@@ -47,10 +48,6 @@ class ImageData:
     std: torch.Tensor            # (C,)
     classes: tuple[str, ...] = ()   # the class names, where the dataset has them (image folders)
 
-    @property
-    def image_size(self) -> int:
-        return self.train_x.shape[-1]
-
     def subset(self, n_train: int, n_test: int, seed: int = 0) -> ImageData:
         """A seeded random subset of ``n_train`` training and ``n_test`` test images (for quick looks at real data)."""
         pick = lambda n, m: torch.randperm(m, generator=torch.Generator().manual_seed(seed))[:n].to(self.train_y.device)
@@ -64,9 +61,7 @@ class ImageData:
                          self.num_classes, move(self.mean), move(self.std), self.classes)
 
 
-# --------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------
+# ---- Loading -------------------------------------------------------------------------------------
 
 def num_classes_of(name: str, data_dir: str | Path = "./data") -> int:
     """The number of classes of a dataset, without loading it (for checking a FLOPs target early)."""
@@ -88,13 +83,13 @@ def load(name: str, data_dir: str | Path = "./data", download: bool = True, devi
         if classes != te_classes:
             raise DataError(f"{data_dir}: train/ and test/ have different class folders")
         if tr_x.shape[1:] != te_x.shape[1:]:
-            raise DataError(f"{data_dir}: train/ images are {_size(tr_x)} px but test/ images {_size(te_x)} px; "
+            (th, tw), (eh, ew) = tr_x.shape[-2:], te_x.shape[-2:]
+            raise DataError(f"{data_dir}: train/ images are {th}×{tw} px but test/ images {eh}×{ew} px; "
                             f"resize them to one size")
         parts, num_classes, classes = (tr_x, tr_y, te_x, te_y), len(classes), tuple(classes)
     else:
         (parts, num_classes), classes = _read_cifar(name, Path(data_dir), download), ()
-    train_x = parts[0]
-    scaled = train_x.float() / 255
+    scaled = parts[0].float() / 255
     mean, std = scaled.mean((0, 2, 3)), scaled.std((0, 2, 3))
     return ImageData(name, *parts, num_classes=num_classes, mean=mean, std=std, classes=classes).to(device)
 
@@ -122,10 +117,6 @@ def fingerprint(data: ImageData) -> dict:
             "images per class": torch.bincount(data.train_y.cpu(), minlength=data.num_classes).tolist()}
 
 
-def _size(x: torch.Tensor) -> str:
-    return "×".join(map(str, x.shape[-2:]))
-
-
 def _check_name(name: str) -> str:
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -142,23 +133,24 @@ def _read_cifar(name: str, root: Path, download: bool):
         sets = [cls(str(root), train=train, download=download) for train in (True, False)]
     except Exception as e:   # torchvision raises RuntimeError when missing, URLError & co. offline
         if corrupt:
-            raise DataError(f"{name} in {root.resolve()} is corrupt: {', '.join(corrupt)} fail{'s' * (len(corrupt) == 1)} "
-                            f"{'its' if len(corrupt) == 1 else 'their'} checksum{'' if download else ' (and downloading is off: --no-download)'}; delete "
-                            f"{root.resolve() / cls.base_folder} and download it again (--download), or point "
-                            f"--data-dir at a good copy") from None
+            one = len(corrupt) == 1
+            off = "" if download else " (and downloading is off: --no-download)"
+            raise DataError(f"{name} in {root.resolve()} is corrupt: {', '.join(corrupt)} fail{'s' * one} "
+                            f"{'its' if one else 'their'} checksum{off}; delete {root.resolve() / cls.base_folder} "
+                            f"and download it again (--download), or point --data-dir at a good copy") from None
         if made:             # what a failed download left (an empty ./data), then the folders made above it
             shutil.rmtree(root, ignore_errors=True)
             for p in made[1:]:
-                _rmdir_if_empty(p)
+                with contextlib.suppress(OSError):      # rmdir removes only empty folders
+                    p.rmdir()
         url, folder = CIFAR_FILES[name]
-        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}" if download else "--no-download"
+        why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}" if download else "--no-download"
         raise DataError(f"{name} is not in {root.resolve()} and could not be downloaded ({why}): download {url} and "
                         f"unpack it into --data-dir, so that {root.resolve() / folder}/ holds its files; or point "
                         f"--data-dir at a copy; or use --dataset folder with an image folder") from None
-    out = []
-    for s in sets:
-        out += [torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(s.targets, dtype=torch.long)]
-    return tuple(out), len(sets[0].classes)
+    x = [torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous() for s in sets]     # (N, 3, H, W) uint8
+    y = [torch.tensor(s.targets, dtype=torch.long) for s in sets]
+    return (x[0], y[0], x[1], y[1]), len(sets[0].classes)
 
 
 def _corrupt_cifar_files(cls, root: Path) -> list[str]:
@@ -170,14 +162,6 @@ def _corrupt_cifar_files(cls, root: Path) -> list[str]:
     files = [(folder / f, md5) for f, md5 in (*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"]))]
     files.append((root / cls.filename, cls.tgz_md5))
     return [p.name for p, md5 in files if p.is_file() and not check_integrity(str(p), md5)]
-
-
-def _rmdir_if_empty(path: Path):
-    """Remove ``path`` if it is an empty folder."""
-    try:
-        path.rmdir()
-    except OSError:
-        pass
 
 
 def class_names(data: ImageData, data_dir: str | Path = "./data") -> list[str]:
@@ -243,7 +227,7 @@ def _read_folder(split_dir: Path, data_dir):
             except MemoryError:
                 raise
             except Exception as e:
-                raise DataError(f"cannot decode {f} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                raise DataError(f"cannot decode {f} ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from None
         labels += [label] * len(files)
     if len({im.shape for im in images}) > 1:
         raise DataError(f"images in {split_dir.resolve()} have different sizes; resize them to one size first")
@@ -251,9 +235,7 @@ def _read_folder(split_dir: Path, data_dir):
     return x, torch.tensor(labels, dtype=torch.long), [d.name for d in dirs]
 
 
-# --------------------------------------------------------------------------------------------
-# Synthetic data: learnable, seeded, with structure at two scales
-# --------------------------------------------------------------------------------------------
+# ---- Synthetic data: learnable, seeded, with structure at two scales -----------------------------
 
 def synthetic_images(n: int, num_classes: int = 10, image_size: int = 32, seed: int = 0,
                      noise: float = 0.35) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,8 +246,7 @@ def synthetic_images(n: int, num_classes: int = 10, image_size: int = 32, seed: 
     them. Random shifts make the task one for convolutions, not for pixel lookup.
     """
     g = torch.Generator().manual_seed(seed)
-    n_shapes = math.ceil(num_classes / 2)
-    coarse = torch.rand(n_shapes, 3, 4, 4, generator=g)
+    coarse = torch.rand(math.ceil(num_classes / 2), 3, 4, 4, generator=g)       # one shape per two classes
     templates = F.interpolate(coarse, size=(image_size, image_size), mode="bicubic", align_corners=False)
     yy, xx = torch.meshgrid(torch.arange(image_size), torch.arange(image_size), indexing="ij")
     angles = torch.tensor([0.0, math.pi / 2])
@@ -278,9 +259,7 @@ def synthetic_images(n: int, num_classes: int = 10, image_size: int = 32, seed: 
     return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels
 
 
-# --------------------------------------------------------------------------------------------
-# Splits, batches and on-device augmentation
-# --------------------------------------------------------------------------------------------
+# ---- Splits, batches and on-device augmentation --------------------------------------------------
 
 def search_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The seeded 50/50 split of the training set: (train half for weights, val half for Θ) (§4.1)."""
@@ -353,8 +332,8 @@ class Loader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator, device=self.images.device) if self.train else None
-        for i in range(len(self)):
-            idx = slice(i * self.batch_size, (i + 1) * self.batch_size) if order is None else order[i * self.batch_size:(i + 1) * self.batch_size]
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            idx = slice(start, start + self.batch_size) if order is None else order[start:start + self.batch_size]
             x, y = self.images[idx], self.labels[idx]
             if self.train:
                 x = augment(x, self.generator)
@@ -368,12 +347,11 @@ def search_loaders(data: ImageData, seed: int, batch_size: int, generator: torch
                    channels_last: bool = False) -> tuple[Loader, Loader]:
     """Loaders over the seeded 50/50 split of the training images: the train half for the weights, the val half
     for Θ (§4.1); both draw from ``generator``. Too few images for one batch in each half is a DataError."""
-    halves = search_split(len(data.train_y), seed)
+    halves = [h.to(data.train_x.device) for h in search_split(len(data.train_y), seed)]
     if min(len(h) for h in halves) == 0:
         raise DataError(f"too few images: {len(data.train_y)} training images cannot be split into two halves")
-    dev = data.train_x.device
-    return tuple(Loader(data.train_x[i.to(dev)], data.train_y[i.to(dev)], data.mean, data.std, min(batch_size, len(i)),
-                        generator, channels_last=channels_last) for i in halves)
+    return tuple(Loader(data.train_x[i], data.train_y[i], data.mean, data.std, min(batch_size, len(i)), generator,
+                        channels_last=channels_last) for i in halves)
 
 
 class Mapped:

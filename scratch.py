@@ -113,9 +113,7 @@ class ScratchConfig(RunSettings, TrainSettings):
         return f"scratch-{self.dataset}-s{self.seed}"
 
 
-# --------------------------------------------------------------------------------------------
-# Measuring and keeping networks
-# --------------------------------------------------------------------------------------------
+# ---- Measuring and keeping networks --------------------------------------------------------------
 
 @torch.no_grad()
 def test_error(forward: Callable, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
@@ -166,9 +164,7 @@ def load_network(path: str | Path, device="cpu") -> Network:
     return net.to(device).eval()
 
 
-# --------------------------------------------------------------------------------------------
-# Training from scratch (Table 1)
-# --------------------------------------------------------------------------------------------
+# ---- Training from scratch (Table 1) -------------------------------------------------------------
 
 def train_from_scratch(arch: Arch, ess: ExpandedSearchSpace, data: data_mod.ImageData, cfg: ScratchConfig,
                        seed: int) -> tuple[dict, Network]:
@@ -270,7 +266,7 @@ def read_result(path: Path, mine: dict, first_seed: int) -> dict:
             raise TypeError(f"its runs are {type(trained).__name__} and its identity {type(theirs).__name__}")
         for i, r in enumerate(trained):
             error = r["error"]
-            if not isinstance(error, (int, float)) or isinstance(error, bool) or not (math.isfinite(error) and 0 <= error <= 100):
+            if type(error) not in (int, float) or not (math.isfinite(error) and 0 <= error <= 100):   # not a bool
                 raise ValueError(f"run {i} has the error {error!r}, not a percentage")
             if r["seed"] != first_seed + i or not isinstance(r["weights"], str):
                 raise ValueError(f"run {i} is of seed {r['seed']!r}, not {first_seed + i}")
@@ -282,6 +278,7 @@ def read_result(path: Path, mine: dict, first_seed: int) -> dict:
     for r in trained:        # the networks it lists: each still the one that was trained
         weights = path.parent / r["weights"]
         if not_a_file(weights) or r.get("sha256") != runs.sha256(weights):
-            raise RunError(f"{weights}, the network of seed {r['seed']} in {path}, is {(not_a_file(weights) or 'not the one trained').removeprefix('it is ')}"
-                           f" (it has changed since): pass --overwrite to train every seed again")
+            why = (not_a_file(weights) or "not the one trained").removeprefix("it is ")
+            raise RunError(f"{weights}, the network of seed {r['seed']} in {path}, is {why} (it has changed since): "
+                           f"pass --overwrite to train every seed again")
     return result
