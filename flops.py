@@ -29,9 +29,7 @@ import torch
 from space import Arch, ExpandedSearchSpace, Options, Range, Space
 
 
-# --------------------------------------------------------------------------------------------
-# The polynomial, shared by every entry point below
-# --------------------------------------------------------------------------------------------
+# ---- The polynomial, shared by every entry point below -------------------------------------------
 
 def _flops_polynomial(ess: ExpandedSearchSpace, d, w, w2):
     """FLOPs from per-stage E[d_i], E[w_i], E[w_i²]; works on ints, Fractions and tensors alike."""
@@ -68,16 +66,13 @@ def arch_params(arch: Arch, ess: ExpandedSearchSpace) -> int:
     return total + w_prev * ess.num_classes + ess.num_classes
 
 
-# --------------------------------------------------------------------------------------------
-# Spaces: the mean under the uniform P_θ, in closed form
-# --------------------------------------------------------------------------------------------
+# ---- Spaces: the mean under the uniform P_θ, in closed form --------------------------------------
 
 def _range_moments(r: Range) -> tuple[Fraction, Fraction]:
     """E[v] and E[v²] for v uniform on the integers lo..hi, exactly."""
     lo, hi = r
-    n = hi - lo + 1
     sum_sq = lambda m: m * (m + 1) * (2 * m + 1) // 6
-    return Fraction(lo + hi, 2), Fraction(sum_sq(hi) - sum_sq(lo - 1), n)
+    return Fraction(lo + hi, 2), Fraction(sum_sq(hi) - sum_sq(lo - 1), hi - lo + 1)
 
 
 def space_flops(space: Space, ess: ExpandedSearchSpace) -> float:
@@ -94,8 +89,7 @@ def candidate_flops(ess: ExpandedSearchSpace) -> torch.Tensor:
     nd, nw, n = len(ess.depth_ranges), len(ess.width_ranges), ess.num_stages
     d, w, w2 = [], [], []
     for i in range(n):   # stage i varies along axis i of an (nd·nw,)*N grid; code = depth index·nw + width index
-        shape = [1] * n
-        shape[i] = nd * nw
+        shape = [-1 if j == i else 1 for j in range(n)]
         d.append(moments.depth[i].repeat_interleave(nw).view(shape))
         w.append(moments.width[i].repeat(nd).view(shape))
         w2.append(moments.width_sq[i].repeat(nd).view(shape))
@@ -110,14 +104,10 @@ def flops_range(options: Options, ess: ExpandedSearchSpace) -> tuple[float, floa
     ``Options.nas(space)`` it is the range of architectures in ``space``.
     """
     n = options.num_stages
-    lo = options.space([0] * n, [0] * n)
-    hi = options.space([len(o) - 1 for o in options.depths], [len(o) - 1 for o in options.widths])
-    return space_flops(lo, ess), space_flops(hi, ess)
+    return tuple(space_flops(options.space([k] * n, [k] * n), ess) for k in (0, -1))
 
 
-# --------------------------------------------------------------------------------------------
-# Differentiable expected FLOPs over option weights g
-# --------------------------------------------------------------------------------------------
+# ---- Differentiable expected FLOPs over option weights g -----------------------------------------
 
 @dataclass(frozen=True)
 class OptionMoments:
@@ -155,15 +145,13 @@ def flops_loss(flops, target: float):
 
 
 def format_flops(flops: float) -> str:
-    """In the paper's units (footnote 1), three significant digits: 6e8 → '600MF', 1.6e9 → '1.6GF', 1.25e6 → '1.25MF'."""
+    """In the paper's units (footnote 1), 3 significant digits: 6e8 → '600MF', 1.6e9 → '1.6GF', 1.25e6 → '1.25MF'."""
     if flops <= 0:
         return "0"
     return f"{flops / 1e9:.3g}GF" if flops >= 1e9 else f"{flops / 1e6:.3g}MF"
 
 
-# --------------------------------------------------------------------------------------------
-# Demo
-# --------------------------------------------------------------------------------------------
+# ---- Demo ----------------------------------------------------------------------------------------
 
 if __name__ == "__main__":
     ess = ExpandedSearchSpace()
@@ -172,13 +160,13 @@ if __name__ == "__main__":
     g = torch.Generator().manual_seed(0)
     for arch in ess.full_space().sample(g, 3):
         print(f"random   {arch}: {format_flops(arch_flops(arch, ess))}, {arch_params(arch, ess):,} params")
-    lo, hi = flops_range(Options.nss(ess), ess)
+    options = Options.nss(ess)
+    lo, hi = flops_range(options, ess)
     print(f"candidate spaces range from {format_flops(lo)} to {format_flops(hi)}")
     for i in torch.randint(ess.num_spaces, (3,), generator=g).tolist():
         space = ess.space_at(i)
         print(f"space #{i:6d} {space}: mean {format_flops(space_flops(space, ess))}")
-    options = Options.nss(ess)
-    uniform = [torch.full((k,), 1.0 / k, dtype=torch.float64) for k in (4,) * 3]
-    uniform_w = [torch.full((k,), 1.0 / k, dtype=torch.float64) for k in (16,) * 3]
-    print(f"expected FLOPs under a uniform Θ: {format_flops(expected_flops(uniform, uniform_w, OptionMoments.of(options), ess).item())}"
+    uniform = lambda per_stage: [torch.full((len(o),), 1.0 / len(o), dtype=torch.float64) for o in per_stage]
+    mean = expected_flops(uniform(options.depths), uniform(options.widths), OptionMoments.of(options), ess).item()
+    print(f"expected FLOPs under a uniform Θ: {format_flops(mean)}"
           f" (= the full space's mean {format_flops(space_flops(ess.full_space(), ess))})")

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, dataclass, fields
+from itertools import accumulate
 from pathlib import Path
-from dataclasses import asdict, dataclass
 from typing import Iterator, Sequence
 
 import torch
@@ -37,15 +38,11 @@ ORDERINGS: dict[str, tuple[int, ...]] = {
     "regnet": (0, 1, 2),  # d1 ≤ d2 ≤ d3 and w1 ≤ w2 ≤ w3, the design principles of RegNet [23]
     "elite": (0, 2, 1),   # d1 ≤ d3 ≤ d2 and w1 ≤ w3 ≤ w2, the trend seen in Elite Spaces
 }
-
-
 ORDERING_RULES = {"regnet": "d1 ≤ d2 ≤ d3 and w1 ≤ w2 ≤ w3", "elite": "d1 ≤ d3 ≤ d2 and w1 ≤ w3 ≤ w2"}
 MAX_ORDERED_DRAWS = 20_000_000       # draws before an ordering that (almost) no architecture obeys is given up
 
 
-# --------------------------------------------------------------------------------------------
-# The space's configuration
-# --------------------------------------------------------------------------------------------
+# ---- The space's configuration -------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ExpandedSearchSpace:
@@ -68,9 +65,7 @@ class ExpandedSearchSpace:
 
     def __post_init__(self):
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
-        positive = ("num_stages", "d_max", "w_max", "d_step", "w_step", "stem_width",
-                    "num_classes", "image_size", "in_channels")
-        for name in positive:
+        for name in (f.name for f in fields(self) if f.name != "strides"):   # every other field is a positive int
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ExpandedSearchSpace.{name} must be a positive integer, got {value!r}")
@@ -89,11 +84,7 @@ class ExpandedSearchSpace:
     @property
     def stage_sizes(self) -> tuple[int, ...]:
         """Side length of the feature map of each stage (3×3 convs with padding 1)."""
-        sizes, h = [], self.image_size
-        for s in self.strides:
-            h = (h - 1) // s + 1
-            sizes.append(h)
-        return tuple(sizes)
+        return tuple(accumulate(self.strides, lambda h, s: (h - 1) // s + 1, initial=self.image_size))[1:]
 
     @property
     def pixels(self) -> tuple[int, ...]:
@@ -120,15 +111,9 @@ class ExpandedSearchSpace:
         """The candidate space with this index, in 0 .. num_spaces - 1 (mixed radix, stage 1 first)."""
         if not 0 <= index < self.num_spaces:
             raise ValueError(f"space index {index} is outside 0..{self.num_spaces - 1}")
-        radix = len(self.depth_ranges) * len(self.width_ranges)
-        codes = []
-        for _ in range(self.num_stages):
-            index, code = divmod(index, radix)
-            codes.append(code)
-        codes.reverse()
-        depth_idx = [c // len(self.width_ranges) for c in codes]
-        width_idx = [c % len(self.width_ranges) for c in codes]
-        return Options.nss(self).space(depth_idx, width_idx)
+        nd, nw, n = len(self.depth_ranges), len(self.width_ranges), self.num_stages
+        codes = [index // (nd * nw) ** (n - 1 - i) % (nd * nw) for i in range(n)]   # stage i's code: d_idx·nw + w_idx
+        return Options.nss(self).space([c // nw for c in codes], [c % nw for c in codes])
 
     def range_indices(self, space: Space) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Per-stage indices (into depth_ranges, width_ranges) of a candidate space: Θ's coordinates."""
@@ -146,7 +131,7 @@ class ExpandedSearchSpace:
         d, w = self.range_indices(space)
         index = 0
         for di, wi in zip(d, w):
-            index = index * len(self.depth_ranges) * len(self.width_ranges) + di * len(self.width_ranges) + wi
+            index = (index * len(self.depth_ranges) + di) * len(self.width_ranges) + wi
         return index
 
     def candidate_spaces(self) -> Iterator[Space]:
@@ -155,8 +140,7 @@ class ExpandedSearchSpace:
 
     def full_space(self) -> Space:
         """The whole Expanded Search Space as one ``Space``."""
-        n = self.num_stages
-        return Space(depths=((1, self.d_max),) * n, widths=((1, self.w_max),) * n)
+        return Space(depths=((1, self.d_max),) * self.num_stages, widths=((1, self.w_max),) * self.num_stages)
 
     def smallest_arch(self) -> Arch:
         return Arch(depths=(1,) * self.num_stages, widths=(1,) * self.num_stages)
@@ -170,12 +154,10 @@ class ExpandedSearchSpace:
 
     @classmethod
     def from_dict(cls, d: dict) -> ExpandedSearchSpace:
-        return cls(**{**d, "strides": tuple(d.get("strides", cls.strides))})
+        return cls(**d)
 
 
-# --------------------------------------------------------------------------------------------
-# Architectures and spaces
-# --------------------------------------------------------------------------------------------
+# ---- Architectures and spaces --------------------------------------------------------------------
 
 def _ints(values, what: str) -> tuple[int, ...]:
     try:
@@ -284,11 +266,10 @@ class Arch:
         """An architecture of ``ess`` from inline JSON, or from a JSON file of one or of a result holding one under
         "arch" (a nas.json); a FileError otherwise."""
         inline = spec.lstrip().startswith("{")
+        d = spec if inline else read_json(spec, "architecture")
         try:
-            d = _load_json(spec, "architecture") if inline else read_json(spec, "architecture")
+            d = _load_json(d, "architecture")
             return cls.from_dict(d["arch"] if isinstance(d.get("arch"), dict) else d).validate(ess)
-        except FileError:
-            raise
         except ValueError as e:
             where = repr(spec) if inline else f"in {spec}"
             raise FileError(f"malformed architecture JSON {where}: {e}") from None
@@ -324,16 +305,15 @@ class Space:
 
     def validate(self, ess: ExpandedSearchSpace) -> Space:
         """Raise ValueError unless every range lies inside {1..d_max} and {1..w_max}."""
-        for ranges, upper, what in ((self.depths, ess.d_max, "Space.depths"), (self.widths, ess.w_max, "Space.widths")):
-            _check_bounds([lo for lo, _ in ranges], upper, what, ess)
-            _check_bounds([hi for _, hi in ranges], upper, what, ess)
+        for ranges, upper, name in ((self.depths, ess.d_max, "depths"), (self.widths, ess.w_max, "widths")):
+            for bounds in zip(*ranges):          # every lo, then every hi
+                _check_bounds(bounds, upper, f"Space.{name}", ess)
         return self
 
     def contains(self, arch: Arch) -> bool:
         """a ∈ 𝒜: every d_i and w_i lies in the stage's ranges."""
-        if len(arch.depths) != self.num_stages:
-            return False
-        return all(lo <= v <= hi for v, (lo, hi) in zip(arch.depths + arch.widths, self.depths + self.widths))
+        values, ranges = arch.depths + arch.widths, self.depths + self.widths
+        return len(arch.depths) == self.num_stages and all(lo <= v <= hi for v, (lo, hi) in zip(values, ranges))
 
     def sample(self, generator: torch.Generator, n: int | None = None,
                ordering: str | None = None) -> Arch | list[Arch]:
@@ -356,10 +336,10 @@ class Space:
         while have < n:
             if drawn >= MAX_ORDERED_DRAWS:
                 raise ValueError(f"only {have} of {n} architectures of {self} obey the {ordering} ordering "
-                                 f"({ORDERING_RULES.get(ordering, ordering)}) after {drawn:,} draws")
+                                 f"({ORDERING_RULES[ordering]}) after {drawn:,} draws")
             # ~1/36 of the space obeys an ordering; cap a draw at 2M rows (~100 MB)
             batch = max(2 * (n - have), 64) if ordering is None else min(max(40 * (n - have), 1024), 2_000_000)
-            d, w = self._uniform(generator, batch)
+            d, w = uniform_in(self.depths, generator, batch), uniform_in(self.widths, generator, batch)
             drawn += batch
             keep = _ordered(d, ordering) & _ordered(w, ordering)
             got_d.append(d[keep])
@@ -368,14 +348,16 @@ class Space:
         return torch.cat(got_d)[:n], torch.cat(got_w)[:n]
 
     def check_ordering(self, ordering: str | None):
-        """Raise ValueError unless some architecture of the space obeys the ordering (§4.5); exact, without a draw."""
-        for ranges in (self.depths, self.widths) if ordering is not None else ():
-            if not _can_order(ranges, ordering):
+        """Raise ValueError unless some architecture of the space obeys the ordering (§4.5); exact, without a draw:
+        greedily, each stage's value is the least that its range and the stages before it in the order allow."""
+        order = ORDERINGS.get(ordering)
+        if order is None or len(order) != self.num_stages:
+            return               # none, or one that ``_ordered`` rejects
+        for ranges in (self.depths, self.widths):
+            least = accumulate((ranges[stage][0] for stage in order), max)
+            if any(value > ranges[stage][1] for value, stage in zip(least, order)):
                 raise ValueError(f"no architecture of {self} obeys the {ordering} ordering "
-                                 f"({ORDERING_RULES.get(ordering, ordering)})")
-
-    def _uniform(self, generator: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return uniform_in(self.depths, generator, n), uniform_in(self.widths, generator, n)
+                                 f"({ORDERING_RULES[ordering]})")
 
     def to_dict(self) -> dict:
         return {"depths": [list(r) for r in self.depths], "widths": [list(r) for r in self.widths]}
@@ -413,20 +395,6 @@ def uniform_in(ranges: Sequence[Range], generator: torch.Generator, n: int) -> t
     return lo + (u * span).long().clamp_max(span - 1)
 
 
-def _can_order(ranges: Sequence[Range], ordering: str) -> bool:
-    """Whether some values, one in each range, are non-decreasing in the stage order of ``ordering`` (greedily: each
-    value the least its range and the one before allow)."""
-    if ordering not in ORDERINGS or len(ranges) != len(ORDERINGS[ordering]):
-        return True            # ``_ordered`` says what is wrong with it
-    value = -math.inf
-    for stage in ORDERINGS[ordering]:
-        lo, hi = ranges[stage]
-        value = max(value, lo)
-        if value > hi:
-            return False
-    return True
-
-
 def _ordered(values: torch.Tensor, ordering: str | None) -> torch.Tensor:
     """Row mask of (n, N) ``values`` that are non-decreasing in the stage order of ``ordering``."""
     if ordering is None:
@@ -440,9 +408,7 @@ def _ordered(values: torch.Tensor, ordering: str | None) -> torch.Tensor:
     return (v[:, 1:] >= v[:, :-1]).all(dim=1)
 
 
-# --------------------------------------------------------------------------------------------
-# Options: what Θ chooses among
-# --------------------------------------------------------------------------------------------
+# ---- Options: what Θ chooses among ---------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Options:
@@ -494,9 +460,7 @@ class Options:
                      widths=tuple(o[k] for o, k in zip(self.widths, width_idx)))
 
 
-# --------------------------------------------------------------------------------------------
-# Demo
-# --------------------------------------------------------------------------------------------
+# ---- Demo ----------------------------------------------------------------------------------------
 
 if __name__ == "__main__":
     ess = ExpandedSearchSpace()
