@@ -1,16 +1,15 @@
 """Network Space Search (§3.3–3.4, Eq. 2–5): Θ, its Gumbel-softmax samples, the weight and Θ steps, the Elite Space.
 
-Θ holds, per stage i, logits α_i over the depth options and β_i over the width options; P_Θ is
-their product of softmaxes (Eq. 2). After a warmup of weight steps on uniformly sampled
-architectures, every iteration takes
-  1. a weight step on a train-half batch: 𝒜 ~ P_Θ, a ~ U(𝒜), a sliced single-path forward, CE,
-     SGD (an unbiased sample of Eq. 3);
-  2. a Θ step on a val-half batch: Gumbel-softmax weights g per stage at temperature τ, one
-     depth and width drawn inside each option, the masked supernet forward, and the loss
-     CE + λ·|F(g)/target − 1| (Eq. 5) with F the differentiable expected FLOPs; Adam on Θ.
-NSS's options are the candidate ranges (``Options.nss``) and its Elite Space is the closest to the
-target of n = 5 spaces sampled from the final P_Θ (§3.4); NAS's options are single depths and
-widths (``Options.nas``). The searcher takes its batches from you, as (x, y) pairs of tensors:
+Θ holds, per stage i, logits α_i over the depth options and β_i over the width options; P_Θ is their product of
+softmaxes (Eq. 2). After a warmup of weight steps on uniformly sampled architectures, every iteration takes
+  1. a weight step on a train-half batch: 𝒜 ~ P_Θ, a ~ U(𝒜), a sliced single-path forward, CE, SGD (an unbiased
+     sample of Eq. 3);
+  2. a Θ step on a val-half batch: Gumbel-softmax weights g per stage at temperature τ, one depth and width drawn
+     inside each option, the masked supernet forward, and the loss CE + λ·|F(g)/target − 1| (Eq. 5) with F the
+     differentiable expected FLOPs; Adam on Θ.
+NSS's options are the candidate ranges (``Options.nss``) and its Elite Space is the closest to the target of n = 5
+spaces sampled from the final P_Θ (§3.4); NAS's options are single depths and widths (``Options.nas``). The searcher
+takes its batches from you, as (x, y) pairs of tensors:
 
     ess = ExpandedSearchSpace.reduced()
     searcher = Searcher(SearchSettings(target=6e6, epochs=4, warmup_epochs=1), ess, Options.nss(ess))
@@ -67,18 +66,12 @@ def check_target(target: float, options: Options, ess: ExpandedSearchSpace, what
                                      f"{hi:.4g} ({format_flops(hi)})", target)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 # ---- Θ: the distribution over spaces (Eq. 2) -----------------------------------------------------
 
 class Theta(nn.Module):
-    """Θ = {α_i, β_i}: logits over each stage's depth and width options; P_Θ = Π softmax (Eq. 2).
-
-    Θ is tiny and stays on the CPU: spaces are sampled on the host without a device sync, and
-    only the Gumbel weights travel to the device for the masked forward.
-    """
+    """Θ = {α_i, β_i}: logits over each stage's depth and width options; P_Θ = Π softmax (Eq. 2). Θ is tiny and
+    stays on the CPU: spaces are sampled on the host without a device sync, and only the Gumbel weights travel to
+    the device for the masked forward."""
 
     def __init__(self, options: Options):
         super().__init__()
@@ -147,11 +140,9 @@ def short(space: Space) -> str:
 
 def elite_space(theta: Theta, generator: torch.Generator, n: int, target: float, ess: ExpandedSearchSpace) -> dict:
     """Sample n spaces from the final P_Θ and keep the one closest to the FLOPs target: the Elite Space (§3.4)."""
-    candidates = []
-    for _ in range(n):
-        space = theta.sample(generator)
-        f = space_flops(space, ess)
-        candidates.append({"space": space.to_dict(), "flops": f, "deviation": abs(f / target - 1)})
+    spaces = [theta.sample(generator) for _ in range(n)]
+    flops = [space_flops(space, ess) for space in spaces]
+    candidates = [{"space": sp.to_dict(), "flops": f, "deviation": abs(f / target - 1)} for sp, f in zip(spaces, flops)]
     best = min(candidates, key=lambda c: c["deviation"])
     return {"target": target, "elite_space": best["space"], "elite_flops": best["flops"],
             "deviation": best["deviation"], "candidates": candidates, "most_likely": theta.most_likely().to_dict()}
@@ -173,8 +164,10 @@ class Searcher:
                  average_grads: Callable | None = None):
         check_settings(settings)
         self.settings, self.ess, self.options = settings, ess, options
-        self.device = torch.device(device) if device is not None else (
-            next(supernet.parameters()).device if supernet is not None else default_device())
+        if device is None:
+            device = next(supernet.parameters()).device if supernet is not None else (
+                "cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(device)
         self.amp = amp and self.device.type == "cuda"          # bf16 autocast and channels_last
         self.theta, self.moments = Theta(options), OptionMoments.of(options)
         self.arch_opt = torch.optim.Adam(self.theta.parameters(), lr=settings.arch_lr,

@@ -20,7 +20,6 @@ Run ``python supernet.py`` for a short demo.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -78,7 +77,15 @@ class Network(nn.Module):
             w_in = w
         self.stages = nn.ModuleList(stages)
         self.head = nn.Linear(w_in, ess.num_classes)
-        init_weights(self)
+        for m in self.modules():  # pycls initialisation: He (fan-out) convs, BN γ=1 β=0, linear N(0, 0.01), bias 0
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x):                                      # (B, 3, 32, 32)
         x = self.stem(x)
@@ -87,34 +94,13 @@ class Network(nn.Module):
         return self.head(x.mean((2, 3)))                       # (B, num_classes)
 
 
-def init_weights(model: nn.Module):
-    """pycls initialisation: He (fan-out) convs, BN γ=1 β=0, linear N(0, 0.01) with zero bias."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.01)
-            nn.init.zeros_(m.bias)
-
-
-@contextmanager
-def seeded(seed: int | None):
-    """Inside: torch's CPU generator seeded with ``seed``; afterwards: restored as it was (``None``: left as it
-    stands). Networks initialise from their own seed without touching the caller's random stream."""
+def build(arch: Arch, ess: ExpandedSearchSpace, seed: int | None = None) -> Network:
+    """A standalone network for architecture a (§3.2), freshly initialised. With a ``seed``, from torch's CPU
+    generator seeded with it, which is then restored: the caller's random stream is left untouched."""
     if seed is None:
-        yield
-        return
+        return Network(arch, ess)
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
-        yield
-
-
-def build(arch: Arch, ess: ExpandedSearchSpace, seed: int | None = None) -> Network:
-    """A standalone network for architecture a (§3.2), freshly initialised (from ``seed``, if given)."""
-    with seeded(seed):
         return Network(arch, ess)
 
 
@@ -174,13 +160,12 @@ class SuperNet(nn.Module):
     def forward_masked(self, x: torch.Tensor, g_depth: Sequence[torch.Tensor], g_width: Sequence[torch.Tensor],
                        depth_values: Sequence[Sequence[int]], width_values: Sequence[Sequence[int]],
                        eps: float = 0.0) -> torch.Tensor:
-        """Soft forward of the Θ step (§3.3, FBNetV2 [32]): option k of stage i uses d_{i,k} blocks and w_{i,k} channels.
+        """Soft forward of the Θ step (§3.3, FBNetV2 [32]): option k of stage i, d_{i,k} blocks of w_{i,k} channels.
 
-        ``g_depth[i]`` (K_d,) and ``g_width[i]`` (K_w,) weight the options; ``depth_values[i][k]``
-        and ``width_values[i][k]`` are their depth and width (for NSS: drawn inside option k's range).
-        Options whose weight is ≤ ``eps`` are left out (but the heaviest of each stage), which cuts the forward
-        to the largest depth and width that still matter. The weights may be on the CPU; they are moved here.
-        """
+        ``g_depth[i]`` (K_d,) and ``g_width[i]`` (K_w,) weight the options; ``depth_values[i][k]`` and
+        ``width_values[i][k]`` are their depth and width (for NSS: drawn inside option k's range). Options whose weight
+        is ≤ ``eps`` are left out (but the heaviest of each stage), which cuts the forward to the largest depth and
+        width that still matter. The weights may be on the CPU; they are moved here."""
         return self.run(x, self.masked_plan(g_depth, g_width, depth_values, width_values, eps))
 
     def masked_plan(self, g_depth, g_width, depth_values, width_values, eps: float = 0.0) -> list[StagePlan]:
@@ -190,35 +175,29 @@ class SuperNet(nn.Module):
         supernet's device in one pinned, non-blocking transfer, through which gradients flow back."""
         keep_d, keep_w = _above(g_depth, eps), _above(g_width, eps)
         parts, layout = [], []
+        placed = lambda g, values: torch.zeros(max(values), dtype=g.dtype, device=g.device).index_add(
+            0, torch.tensor(values, device=g.device) - 1, g)      # Σ of the g_k whose value is j, at index j − 1
         for gd, gw, dv, wv, kd, kw in zip(g_depth, g_width, depth_values, width_values, keep_d, keep_w):
             depth = max(d for d, k in zip(dv, kd) if k)
             width = max(w for w, k in zip(wv, kw) if k)
             blocks = [j for j in sorted(set(dv)) if j <= depth]
-            coeffs = torch.zeros(max(dv), dtype=gd.dtype, device=gd.device).index_add(
-                0, torch.tensor(dv, device=gd.device) - 1, gd)
+            coeffs = placed(gd, dv)[torch.tensor(blocks, device=gd.device) - 1]
             # FBNetV2 channel mask: Σ_k g_k·[c < w_k] = reverse cumulative sum of g placed at w_k − 1
-            mask = torch.zeros(max(wv), dtype=gw.dtype, device=gw.device).index_add(
-                0, torch.tensor(wv, device=gw.device) - 1, gw)
-            parts += [coeffs[torch.tensor(blocks, device=gd.device) - 1], mask.flip(0).cumsum(0).flip(0)[:width]]
+            parts += [coeffs, placed(gw, wv).flip(0).cumsum(0).flip(0)[:width]]
             layout.append((depth, width, blocks))
         flat, device = torch.cat(parts), self.head.weight.device
         if flat.device != device:
             flat = (flat.pin_memory() if device.type == "cuda" else flat).to(device, non_blocking=True)
-        chunks = iter(flat.split([n for depth, width, blocks in layout for n in (len(blocks), width)]))
-        plans = []
-        for depth, width, blocks in layout:
-            coeffs, mask = next(chunks), next(chunks)
-            plans.append(StagePlan(depth, width, mask, dict(zip(blocks, coeffs))))
-        return plans
+        chunks = flat.split([n for depth, width, blocks in layout for n in (len(blocks), width)])
+        return [StagePlan(depth, width, mask, dict(zip(blocks, coeffs)))
+                for (depth, width, blocks), coeffs, mask in zip(layout, chunks[::2], chunks[1::2])]
 
     def _bn(self, bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
         """``bn`` on the input's channels, as nn.BatchNorm2d would run; ``scale`` folds in the channel mask.
 
-        A channel mask m ≥ 0 multiplying BN's output is the same as multiplying γ and β by m, so the
-        FBNetV2 mask costs no extra pass over the activations. With ``batch_stats_reduce`` set (several
-        processes, each holding a share of the batch), training-mode statistics are those of the global
-        batch (``_global_batch_norm``).
-        """
+        A channel mask m ≥ 0 multiplying BN's output is the same as multiplying γ and β by m, so the FBNetV2 mask
+        costs no extra pass over the activations. With ``batch_stats_reduce`` set (several processes, each holding a
+        share of the batch), training-mode statistics are those of the global batch (``_global_batch_norm``)."""
         c = x.shape[1]
         weight, bias = bn.weight[:c], bn.bias[:c]
         if scale is not None:
@@ -241,9 +220,8 @@ class SuperNet(nn.Module):
         return F.relu(self._bn(block.bn2, _conv(block.conv2, h, width), scale) + shortcut)
 
     def run(self, x: torch.Tensor, plans: Sequence[StagePlan]) -> torch.Tensor:
-        """Forward through the stem, the planned stages and the head."""
-        reduce = self.batch_stats_reduce      # nn.BatchNorm2d's own forward in one process
-        x = self.stem(x) if reduce is None else F.relu(self._bn(self.stem.bn, self.stem.conv(x), None))
+        """Forward through the stem (nn.BatchNorm2d's own forward in one process), the planned stages and the head."""
+        x = self.stem(x) if self.batch_stats_reduce is None else F.relu(self._bn(self.stem.bn, self.stem.conv(x), None))
         for stage, plan in zip(self.stages, plans):             # x: (B, w_0, H, W)
             mixed = None
             for j in range(plan.depth):
@@ -272,13 +250,11 @@ def _above(gs: Sequence[torch.Tensor], eps: float) -> list[list[bool]]:
     """Which option weights exceed eps, per stage, and always each stage's largest (one device→host copy if they are
     on a device). The largest weight of K options is at least 1/K, so below ε < 1/K this keeps exactly the options
     above ε; a larger ε still leaves the forward the option that weighs the most, never no option at all."""
-    values = torch.cat([g.detach() for g in gs]).tolist()
-    out, start = [], 0
+    values, out = iter(torch.cat([g.detach() for g in gs]).tolist()), []
     for g in gs:
-        stage = values[start:start + len(g)]
-        top = max(range(len(stage)), key=stage.__getitem__)
+        stage = [next(values) for _ in range(len(g))]
+        top = stage.index(max(stage))
         out.append([v > eps or k == top for k, v in enumerate(stage)])
-        start += len(g)
     return out
 
 
@@ -286,11 +262,9 @@ def _above(gs: Sequence[torch.Tensor], eps: float) -> list[list[bool]]:
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, images: torch.Tensor, arch: Arch | None = None, batch_size: int = 500):
-    """Reset BN statistics and re-estimate them as the average over ``images`` of an architecture.
-
-    ``model`` is a standalone network (``arch=None``) or a ``SuperNet`` with the ``arch`` to
-    calibrate; the statistics of the supernet's other channels are reset too.
-    """
+    """Reset BN statistics and re-estimate them as the average over ``images`` of an architecture. ``model`` is a
+    standalone network (``arch=None``) or a ``SuperNet`` with the ``arch`` to calibrate; the statistics of the
+    supernet's other channels are reset too."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in bns]
     for bn in bns:

@@ -47,19 +47,19 @@ def check_range(obj, name: str, value, interval: str, integer: bool = False):
     """Raise SettingError unless ``value`` lies in ``interval`` ("[lo, hi)" and so on; NaN never does). A bound
     that is not a number is the value of that field of ``obj``."""
     opening, lo, hi, closing = _INTERVAL.match(interval).groups()
-    bound = lambda t: float(t) if _NUMBER.fullmatch(t) else float(getattr(obj, t))
-    low, high = bound(lo), bound(hi)
+    refers = [t for t in (lo, hi) if not _NUMBER.fullmatch(t)]          # the bounds that name a field
+    low, high = (float(getattr(obj, t)) if t in refers else float(t) for t in (lo, hi))
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if number and (value >= low if opening == "[" else value > low) and (value <= high if closing == "]" else value < high):
         return
-    shown = lambda t, v: t if _NUMBER.fullmatch(t) else f"{t} ({v:g})"
+    shown = lambda t, v: f"{t} ({v:g})" if t in refers else t
     if low == 0 and high == math.inf:
         requirement = "a finite positive number" if opening == "(" else "a finite non-negative number"
     else:
         parts = [f"{'at least' if opening == '[' else 'above'} {shown(lo, low)}"] if low > -math.inf else []
         parts += [f"{'at most' if closing == ']' else 'below'} {shown(hi, high)}"] if high < math.inf else []
         requirement = " and ".join((["finite"] if high == math.inf and not integer else []) + parts)
-    raise SettingError(name, requirement, value, [t for t in (lo, hi) if not _NUMBER.fullmatch(t)])
+    raise SettingError(name, requirement, value, refers)
 
 
 def check_settings(obj):
@@ -67,9 +67,10 @@ def check_settings(obj):
     dataclass; raise SettingError naming the first field that fails."""
     kinds = {"int": int, "float": (int, float), "bool": bool, "str": str}
     for f in dataclasses.fields(obj):
-        value, kind = getattr(obj, f.name), kinds.get(f.type if isinstance(f.type, str) else f.type.__name__)
+        value, type_name = getattr(obj, f.name), f.type if isinstance(f.type, str) else f.type.__name__
+        kind = kinds.get(type_name)
         if kind is not None and (not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))):
-            raise SettingError(f.name, f"of type {f.type if isinstance(f.type, str) else f.type.__name__}", value)
+            raise SettingError(f.name, f"of type {type_name}", value)
         if f.metadata.get("range"):
             check_range(obj, f.name, value, f.metadata["range"], integer=kind is int)
         if f.metadata.get("choices") and value not in f.metadata["choices"]:
