@@ -86,6 +86,11 @@ def sample_archs(space: Space, n: int, ess: ExpandedSearchSpace, generator: torc
     return [Arch(tuple(a), tuple(b)) for a, b in zip(d, w)]
 
 
+def space_ends(space: Space) -> tuple[Arch, Arch]:
+    """A space's smallest and largest architecture: every stage at the low, then the high end of its ranges."""
+    return tuple(Arch(tuple(r[k] for r in space.depths), tuple(r[k] for r in space.widths)) for k in (0, 1))
+
+
 # ---- Supernet-based evaluation (§4.2) ------------------------------------------------------------
 
 @dataclass
@@ -127,8 +132,7 @@ class SupernetTrainer:
         sampled = [self.space.sample(self.gen)]
         if not self.cfg.sandwich:
             return sampled
-        largest = Arch(tuple(hi for _, hi in self.space.depths), tuple(hi for _, hi in self.space.widths))
-        smallest = Arch(tuple(lo for lo, _ in self.space.depths), tuple(lo for lo, _ in self.space.widths))
+        smallest, largest = space_ends(self.space)
         return [largest, smallest] + sampled
 
     def fit(self, batches, until: int | None = None, on_step: Callable | None = None, on_epoch: Callable | None = None):
@@ -201,13 +205,10 @@ def load_supernet(path: str | Path, device="cpu") -> SuperNet:
 def score_archs(supernet: SuperNet, archs: Sequence[Arch], data: data_mod.ImageData, calib_images: int = 2000,
                 test_images: int | None = None, batch_size: int = 1000, seed: int = 0, amp: bool = True,
                 progress: bool = True) -> list[dict]:
-    """Score architectures with shared weights: slice, recalibrate BN on ``calib_images`` training
-    images (0: keep the supernet's statistics), and measure the test error (§4.2).
-
-    Returns one dict per architecture, in order (repeats are scored once). The supernet's BN
-    statistics are restored afterwards. Under torchrun the processes split the architectures
-    (``distributed.map_shared``) and every process returns the whole list.
-    """
+    """Score architectures with shared weights: slice, recalibrate BN on ``calib_images`` training images (0: keep
+    the supernet's statistics), and measure the test error (§4.2). One dict per architecture, in order (repeats are
+    scored once); the supernet's BN statistics are restored afterwards. Under torchrun the processes split the
+    architectures (``distributed.map_shared``) and every process returns the whole list."""
     device = next(supernet.parameters()).device
     amp = amp and device.type == "cuda"
     data = data.to(device)
@@ -216,8 +217,7 @@ def score_archs(supernet: SuperNet, archs: Sequence[Arch], data: data_mod.ImageD
     was_training = supernet.training
     unique = list(dict.fromkeys(archs))     # an architecture drawn twice is scored once
     bar = tqdm(total=len(range(distributed.rank(), len(unique), distributed.world())), desc="scoring", leave=False,
-               disable=runs.bar_off(progress),
-               dynamic_ncols=True)
+               disable=runs.bar_off(progress), dynamic_ncols=True)
 
     def score(arch: Arch) -> dict:
         with autocast(device, amp):
@@ -276,7 +276,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     spaces = {spec: Space.read(spec, ess) for spec in cfg.spaces.split(",")}
     band = (cfg.flops_min, cfg.flops_max or math.inf) if (cfg.flops_min or cfg.flops_max) else None
     for spec, space in spaces.items():    # a band no architecture reaches: FLOPs grow with every depth and width
-        lo, hi = (arch_flops(Arch(*(tuple(r[k] for r in rs) for rs in (space.depths, space.widths))), ess) for k in (0, 1))
+        lo, hi = (arch_flops(end, ess) for end in space_ends(space))
         if band and (band[1] < lo or band[0] > hi):
             raise RunError(f"no architecture of {spec} has {band[0]:.4g} to {band[1]:.4g} FLOPs (--flops-min, "
                            f"--flops-max): its architectures have {lo:.4g} to {hi:.4g}")
@@ -369,28 +369,26 @@ def run_export(cfg: ExportConfig) -> str:
     summary."""
     cfg.check()
     device = runs.resolve_device(cfg.device)
-    if cfg.supernet:
-        supernet = load_supernet(cfg.supernet, device)
-        ess, arch = supernet.ess, Arch.read(cfg.arch, supernet.ess)
-        data = data_mod.load_for(cfg, ess, device)
+    supernet = load_supernet(cfg.supernet, device) if cfg.supernet else None
+    ess = cfg.ess_for() if supernet is None else supernet.ess
+    arch = Arch.read(cfg.arch, ess)
+    # without a supernet the data is read for its normalisation and class names, which go with the network
+    data = data_mod.load_for(cfg, ess, "cpu" if supernet is None else device)
+    if supernet is None:
+        net, source = build(arch, ess, cfg.seed), {"initialised": "seed", "seed": cfg.seed, "dataset": cfg.dataset}
+    else:
         net = supernet.extract(arch)
         if cfg.calib_images:
             recalibrate_bn(net, eval_tensors(data, cfg.calib_images, 1, cfg.seed)[0])
         source = {"supernet": cfg.supernet, "calib_images": cfg.calib_images, "dataset": cfg.dataset}
-    else:
-        ess = cfg.ess_for()
-        arch = Arch.read(cfg.arch, ess)
-        data = data_mod.load_for(cfg, ess, "cpu")        # its normalisation and class names go with the network
-        net, source = build(arch, ess, cfg.seed), {"initialised": "seed", "seed": cfg.seed, "dataset": cfg.dataset}
     inputs = {"mean": data.mean.tolist(), "std": data.std.tolist(), "classes": data_mod.class_names(data, cfg.data_dir),
               "input": "float32 images (N, 3, H, W) in [0, 1], normalised per channel: (x - mean) / std"}
-    out = Path(cfg.out)
+    out, program, flops = Path(cfg.out), Path(cfg.out).with_suffix(".pt2"), arch_flops(arch, ess)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_network(out, net.eval(), ess, **source, **inputs)
-    program = out.with_suffix(".pt2")
-    save_program(program, net, tuple(data.train_x.shape[1:]), {"arch": arch.to_dict(), "flops": arch_flops(arch, ess),
+    save_program(program, net, tuple(data.train_x.shape[1:]), {"arch": arch.to_dict(), "flops": flops,
                                                                "params": arch_params(arch, ess), **source, **inputs})
-    return f"{arch} ({format_flops(arch_flops(arch, ess))}) written to {out} and, as a torch.export program, {program}"
+    return f"{arch} ({format_flops(flops)}) written to {out} and, as a torch.export program, {program}"
 
 
 # ---- How far to trust the evaluation supernet: its ranking against training from scratch ---------
@@ -489,21 +487,22 @@ COMMANDS = {"supernet": (SupernetConfig, lambda c: f"supernet written to {train_
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--quick" in argv and argv[0] not in COMMANDS:      # `evaluate.py --quick`, `evaluate.py --out X --quick`
+    command = argv[0] if argv else None
+    if command in COMMANDS:
+        cls, action = COMMANDS[command]
+        print(action(runs.parse_config(cls, argv[1:], description=f"evaluate.py {command}: {cls.__doc__}",
+                                       prog=f"evaluate.py {command}")))
+        return 0
+    if "--quick" in argv:      # `evaluate.py --quick`, `evaluate.py --out X --quick`
         raise RunError("the end-to-end demo of every protocol is the notebooks at smoke scale (`python notebooks/render.py "
                        "--plain`); `evaluate.py rank --quick` runs the rank agreement alone")
-    if argv and argv[0] in COMMANDS:
-        cls, action = COMMANDS[argv[0]]
-        print(action(runs.parse_config(cls, argv[1:], description=f"evaluate.py {argv[0]}: {cls.__doc__}",
-                                       prog=f"evaluate.py {argv[0]}")))
-        return 0
-    if argv[:1] in (["-h"], ["--help"]):
+    if command in ("-h", "--help"):
         print(__doc__)
         return 0
-    if argv and argv[0].startswith("-"):
-        raise RunError(f"{argv[0]} before a command: give the command first, as in `evaluate.py scratch {argv[0]} …`; "
+    if command and command.startswith("-"):
+        raise RunError(f"{command} before a command: give the command first, as in `evaluate.py scratch {command} …`; "
                        f"the commands: {', '.join(COMMANDS)} (see --help)")
-    raise RunError(f"{'unknown command ' + repr(argv[0]) if argv else 'no command'}: give one of "
+    raise RunError(f"{'no command' if command is None else 'unknown command ' + repr(command)}: give one of "
                    f"{', '.join(COMMANDS)} (see --help)")
 
 

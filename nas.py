@@ -58,20 +58,19 @@ class NASConfig(SearchConfig):
 
 def sample_final(searcher: Searcher, protocol: str, n: int, max_samples: int, tolerance: float) -> dict:
     """Sample architectures from the final P_Θ by Table 1's protocol; count the samples."""
-    target, ess = searcher.settings.target, searcher.ess
-    sampled = []
-    limit = n if protocol == "best-of-n" else max_samples
-    while len(sampled) < limit:
+    target, sampled = searcher.settings.target, []
+    within = lambda f: abs(f - target) <= tolerance * target
+    while len(sampled) < (n if protocol == "best-of-n" else max_samples):
         arch = searcher.theta.sample(searcher.gen).as_arch()   # single-value options: each space is one arch
-        f = arch_flops(arch, ess)
+        f = arch_flops(arch, searcher.ess)
         sampled.append({"arch": arch.to_dict(), "flops": f, "deviation": abs(f / target - 1)})
-        if protocol == "until-within" and abs(f - target) <= tolerance * target:
+        if protocol == "until-within" and within(f):
             break
     # best-of-n keeps the closest; until-within stops at the first hit, the closest so far, or, when no sample
     # gets within the tolerance, keeps the closest of all (``within`` is then false)
     best = min(sampled, key=lambda s: s["deviation"])
     return {"target": target, "arch": best["arch"], "flops": best["flops"], "deviation": best["deviation"],
-            "samples": len(sampled), "within": abs(best["flops"] - target) <= tolerance * target, "protocol": protocol,
+            "samples": len(sampled), "within": within(best["flops"]), "protocol": protocol,
             "sampled_flops": [s["flops"] for s in sampled], "most_likely": searcher.theta.most_likely().as_arch().to_dict()}
 
 

@@ -82,13 +82,6 @@ def describe_search(record: dict, epochs: int) -> str:
             f"τ {record['tau']:.2f} {record['seconds']:.1f}s")
 
 
-def search_phases(cfg: SearchConfig, until: int | None = None) -> list[tuple[str, int]]:
-    """The phases of a search up to epoch ``until``: the warmup, then the search (an empty one left out)."""
-    end = cfg.epochs if until is None else min(until, cfg.epochs)
-    phases = [("warmup", min(cfg.warmup_epochs, end)), ("search", end - min(cfg.warmup_epochs, end))]
-    return [(name, n) for name, n in phases if n]
-
-
 def run_search(cfg: SearchConfig, ess: ExpandedSearchSpace, options: Options, what: str, default_name: str,
                finish: Callable[[Searcher], dict], data: data_mod.ImageData | None = None,
                callback: Callable | None = None, result_file: str = "result.json", start: dict | None = None,
@@ -116,12 +109,14 @@ def run_search(cfg: SearchConfig, ess: ExpandedSearchSpace, options: Options, wh
             train = val = [None] * steps
         elif parallel:                   # each process takes its share of every global batch
             train, val = (data_mod.Mapped(b, lambda xy: tuple(map(distributed.shard, xy))) for b in (train, val))
+        end = cfg.epochs if until is None else min(until, cfg.epochs)
+        warmup = min(cfg.warmup_epochs, end)      # the phases up to ``until``: warmup, search (an empty one left out)
         runs.train_run(searcher, lambda on_step, on_epoch: searcher.fit(train, val, until, on_step, on_epoch),
-                          steps, cfg, run_dir, ess, data, device, data_gen, lambda r: describe_search(r, cfg.epochs),
-                          search_status, theta_is_finite, callback, start,
-                          ignore=("target",) if start is not None or until is not None else (),
-                          space=f"{math.prod(d * w for d, w in options.sizes):,} {what.removeprefix('the ')}",
-                          phases=search_phases(cfg, until))
+                       steps, cfg, run_dir, ess, data, device, data_gen, lambda r: describe_search(r, cfg.epochs),
+                       search_status, theta_is_finite, callback, start,
+                       ignore=("target",) if start is not None or until is not None else (),
+                       space=f"{math.prod(d * w for d, w in options.sizes):,} {what.removeprefix('the ')}",
+                       phases=[(name, n) for name, n in (("warmup", warmup), ("search", end - warmup)) if n])
         if until is not None:            # a warmup that several targets go on from: no result of its own
             return {}
         result = finish(searcher) | {"probs": searcher.theta.probs_dict(), "history": searcher.history} | {
@@ -137,9 +132,8 @@ def run(cfg: NSSConfig, data: data_mod.ImageData | None = None, callback=None) -
     """Network Space Search end to end: writes runs/<name>/{config,result}.json and returns the result."""
     cfg.check()
     ess = cfg.ess_for(data)
-    elite = lambda s: elite_space(s.theta, s.gen, cfg.n_samples, cfg.target, ess)
-    return run_search(cfg, ess, Options.nss(ess), "the candidate spaces", cfg.default_name(), elite, data,
-                           callback, result_file="result.json")
+    return run_search(cfg, ess, Options.nss(ess), "the candidate spaces", cfg.default_name(),
+                      lambda s: elite_space(s.theta, s.gen, cfg.n_samples, cfg.target, ess), data, callback)
 
 
 def run_targets(cfg: NSSConfig, targets: list[float], data: data_mod.ImageData | None = None,
@@ -165,7 +159,7 @@ def run_targets(cfg: NSSConfig, targets: list[float], data: data_mod.ImageData |
     out, warm_name = Path(cfg.out), cfg.warmup_name()
     resume = lambda name: cfg.resume and (out / name / "checkpoint.pt").is_file()
     run_search(dataclasses.replace(cfgs[0], name=warm_name, resume=resume(warm_name)), ess, options, what,
-                    warm_name, None, data, callback, until=cfg.warmup_epochs)
+               warm_name, None, data, callback, until=cfg.warmup_epochs)
     results = []
     try:
         for c, name in zip(cfgs, names):
@@ -173,7 +167,7 @@ def run_targets(cfg: NSSConfig, targets: list[float], data: data_mod.ImageData |
             warm = load_checkpoint(out / warm_name / "checkpoint.pt")
             finish = lambda s, c=c: elite_space(s.theta, s.gen, c.n_samples, c.target, ess) | {"warmup_run": str(out / warm_name)}
             results.append(run_search(dataclasses.replace(c, name=name, resume=resume(name)), ess, options, what,
-                                           name, finish, data, callback, start=warm))
+                                      name, finish, data, callback, start=warm))
     except rundir.Interrupted:    # the warmup folder holds a run now: the same command alone would be refused
         raise rundir.Interrupted(f"interrupted; {out / warm_name / 'checkpoint.pt'} keeps the shared warmup (and each "
                                  f"target folder what it finished): rerun the same command with --resume") from None
@@ -196,8 +190,7 @@ def split_targets(argv: list[str]) -> tuple[list[str], list[float] | None]:
                                f"got {value!r}") from None
             if not all(math.isfinite(t) and t > 0 for t in targets):
                 raise RunError(f"--target must be finite positive numbers, got {value!r}")
-            first = f"--target={targets[0]!r}"
-            return argv[:i] + [first] + argv[i + (1 if eq else 2):], targets
+            return argv[:i] + [f"--target={targets[0]!r}"] + argv[i + (1 if eq else 2):], targets
     return argv, None
 
 
