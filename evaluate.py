@@ -86,11 +86,6 @@ def sample_archs(space: Space, n: int, ess: ExpandedSearchSpace, generator: torc
     return [Arch(tuple(a), tuple(b)) for a, b in zip(d, w)]
 
 
-def space_ends(space: Space) -> tuple[Arch, Arch]:
-    """A space's smallest and largest architecture: every stage at the low, then the high end of its ranges."""
-    return tuple(Arch(tuple(r[k] for r in space.depths), tuple(r[k] for r in space.widths)) for k in (0, 1))
-
-
 # ---- Supernet-based evaluation (§4.2) ------------------------------------------------------------
 
 @dataclass
@@ -132,7 +127,7 @@ class SupernetTrainer:
         sampled = [self.space.sample(self.gen)]
         if not self.cfg.sandwich:
             return sampled
-        smallest, largest = space_ends(self.space)
+        smallest, largest = self.space.ends()
         return [largest, smallest] + sampled
 
     def fit(self, batches, until: int | None = None, on_step: Callable | None = None, on_epoch: Callable | None = None):
@@ -276,7 +271,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     spaces = {spec: Space.read(spec, ess) for spec in cfg.spaces.split(",")}
     band = (cfg.flops_min, cfg.flops_max or math.inf) if (cfg.flops_min or cfg.flops_max) else None
     for spec, space in spaces.items():    # a band no architecture reaches: FLOPs grow with every depth and width
-        lo, hi = (arch_flops(end, ess) for end in space_ends(space))
+        lo, hi = (arch_flops(end, ess) for end in space.ends())
         if band and (band[1] < lo or band[0] > hi):
             raise RunError(f"no architecture of {spec} has {band[0]:.4g} to {band[1]:.4g} FLOPs (--flops-min, "
                            f"--flops-max): its architectures have {lo:.4g} to {hi:.4g}")

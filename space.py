@@ -303,6 +303,10 @@ class Space:
             raise ValueError(f"{self} holds {self.size} architectures, not one")
         return Arch(tuple(lo for lo, _ in self.depths), tuple(lo for lo, _ in self.widths))
 
+    def ends(self) -> tuple[Arch, Arch]:
+        """The smallest and the largest architecture of 𝒜: every stage at the low, then the high end of its ranges."""
+        return tuple(Arch(tuple(r[k] for r in self.depths), tuple(r[k] for r in self.widths)) for k in (0, 1))
+
     def validate(self, ess: ExpandedSearchSpace) -> Space:
         """Raise ValueError unless every range lies inside {1..d_max} and {1..w_max}."""
         for ranges, upper, name in ((self.depths, ess.d_max, "depths"), (self.widths, ess.w_max, "widths")):
