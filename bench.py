@@ -268,6 +268,7 @@ class BenchFlags:
                                                             "(0: whole epochs)", "[0, 1e6]")
     scratch_epochs: int = runs.option(BenchConfig.scratch_epochs, "from-scratch epochs, with --data-dir", "[1, 1e5]")
     out: str = runs.option(BenchConfig.out, "the JSON file of the results", path="output file")
+    overwrite: bool = runs.option(False, "replace --out if it exists")
 
     QUICK = {name: getattr(quick_config("cpu"), name) for name in ("steps", "epoch_steps", "scratch_epochs")}
 

@@ -299,7 +299,9 @@ class TableConfig:
 
     runs: str = option("runs", "folder searched for nas.json (and scratch.json beside them)")
     match: str = option("*", "only run folders whose name matches this glob, e.g. 'nas-cifar10-*'")
-    out: str = option("table1", "output stem: writes <out>.md and <out>.csv", path="output stem")
+    out: str = option("table1", "output stem: writes <out>.md and <out>.csv", path="output stem",
+                      suffixes=(".md", ".csv"))
+    overwrite: bool = option(False, "replace <out>.md and <out>.csv if they exist")
 
     def check(self):
         runs.check_fields(self)         # a --config file's values: of the right type
@@ -327,11 +329,12 @@ class ExportConfig(RunSettings):
     arch: str = option("", "a nas.json, an architecture JSON file, or inline JSON {\"depths\": [...], \"widths\": [...]}",
                        path="input")
     out: str = option("model.pt", "the network file to write (load it with scratch.load_network); the torch.export "
-                                  "program goes beside it, with the suffix .pt2", path="output file")
+                                  "program goes beside it, with the suffix .pt2",
+                      path="output file", suffixes=(".pt2",))
     supernet: str = option("", "supernet.pt to take the weights from (empty: a freshly initialised network)", path="input")
     calib_images: int = option(2000, "training images for BN recalibration, with --supernet (0: none)", "[0, 1e7]")
 
-    HIDDEN = ("resume", "overwrite", "reuse", "progress", "quick", "name", "amp")     # one file, written at once
+    HIDDEN = ("resume", "reuse", "progress", "quick", "name", "amp")     # one file (and its .pt2), written at once
 
     def check(self):
         super().check()

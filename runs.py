@@ -50,21 +50,32 @@ def flag(name: str) -> str:
 PATHS = ("input", "inputs", "output file", "output folder", "output stem")
 
 
-def option(default, help: str = "", range: str | None = None, choices=None, path: str | None = None):
+def option(default, help: str = "", range: str | None = None, choices=None, path: str | None = None,
+           suffixes: tuple[str, ...] = ()):
     """A settings field (``train.setting``: its help, its range, its choices) that may name a path, one of PATHS:
     "input" is a file the run reads (a resumed run needs it unchanged; a value that names no file, such as 'full' or
     inline JSON, is a setting like any other), "inputs" comma-separated ones, and the outputs are what the run
-    writes (a file, a folder, or a stem that gets suffixes). ``check_fields`` checks them all one way."""
+    writes (a file, a folder, or a stem; ``suffixes``: of a stem's files, or of the files written beside a file).
+    ``check_fields`` checks them all one way."""
     f = setting(default, help, range, choices)
     if path is None:
         return f
     assert path in PATHS, path
-    return dataclasses.field(default=default, metadata={**f.metadata, "path": path})
+    return dataclasses.field(default=default, metadata={**f.metadata, "path": path, "suffixes": suffixes})
+
+
+def written(f: dataclasses.Field, value: str) -> list[Path]:
+    """The files that an output field's value names (a file and those beside it, or a stem's files)."""
+    kind, suffixes = f.metadata["path"], f.metadata["suffixes"]
+    if kind == "output stem":
+        return [Path(value + s) for s in suffixes]
+    return [Path(value), *(Path(value).with_suffix(s) for s in suffixes)] if kind == "output file" else []
 
 
 def check_fields(obj):
     """Every field of a settings dataclass in its declared range and choices (``train.check_settings``), and every
-    output path a path that can be written: not empty, and a file or stem not a folder; one line (RunError) if not."""
+    output path a path that can be written: not empty, a file or stem not a folder, and no file it names there
+    already, unless ``obj.overwrite``; one line (RunError) if not."""
     with user_input():
         check_settings(obj)
     for f in dataclasses.fields(obj):
@@ -77,6 +88,10 @@ def check_fields(obj):
         if what != "folder" and (value.endswith(("/", os.sep)) or Path(value).is_dir()):
             raise RunError(f"{flag(f.name)} {value} is a folder: name the {what} to write"
                            f"{' (it gets suffixes)' if what == 'stem' else ''}, e.g. {Path(value) / 'out'}")
+        there = [str(p) for p in written(f, value) if p.exists() or p.is_symlink()]
+        if there and not getattr(obj, "overwrite", False):
+            raise RunError(f"{' and '.join(there)} already exist{'s' * (len(there) == 1)}: pass --overwrite to replace "
+                           f"{'it' if len(there) == 1 else 'them'}, or another {flag(f.name)}")
 
 
 def input_files(cfg) -> dict[str, dict[str, str]]:

@@ -83,6 +83,7 @@ def stopped(monkeypatch):
     monkeypatch.setattr(data_mod, "load_for", stop)      # nss, nas, supernet, score, scratch, rank
     monkeypatch.setattr(ev, "build", stop)               # export without --supernet
     monkeypatch.setattr(bench, "run", stop)
+    monkeypatch.setattr(plots, "table_rows", stop)         # table
 
 
 def one_line(proc) -> str:
@@ -140,7 +141,8 @@ def test_every_numeric_flag_is_refused_in_one_line_or_inside_its_declared_range(
 @pytest.mark.parametrize("module, sub, cls", COMMANDS, ids=IDS)
 def test_every_output_path_is_checked_one_way(module, sub, cls, cli_here, stopped, supernet_file, tmp_path):
     """An empty output path, and a folder where a file (or a file's stem) goes, are one line naming the flag, before
-    any work; every command's --out is declared as the path it is."""
+    any work; every command's --out is declared as the path it is. A file or stem whose file already exists is
+    refused, the file kept as it was, unless --overwrite (which then gets past every check)."""
     args = base(cls, supernet_file) + (["--runs", str(tmp_path)] if cls is ev.TableConfig else [])
     outputs = [f for f in dataclasses.fields(cls) if f.metadata.get("path", "").startswith("output")
                and f.name not in getattr(cls, "HIDDEN", ())]
@@ -152,6 +154,18 @@ def test_every_output_path_is_checked_one_way(module, sub, cls, cli_here, stoppe
             line = one_line(cli_here(module, *([sub] if sub else []), *args, runs.flag(f.name), value))
             assert runs.flag(f.name) in line and STOP not in line, (value, line)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+    for f in outputs:
+        if f.metadata["path"] == "output folder":
+            continue
+        for there in runs.written(f, str(tmp_path / "kept")):
+            there.write_text("an earlier result")
+            line = one_line(cli_here(module, *([sub] if sub else []), *args, runs.flag(f.name), str(tmp_path / "kept")))
+            assert f"{there} already exists: pass --overwrite" in line and STOP not in line, line
+            assert there.read_text() == "an earlier result"
+            line = one_line(cli_here(module, *([sub] if sub else []), *args, runs.flag(f.name), str(tmp_path / "kept"),
+                                     "--overwrite"))
+            assert STOP in line, line
+            there.unlink()
 
 
 @pytest.mark.parametrize("device", ["meta", "mps", "cuda:99", "nonsense"])

@@ -323,8 +323,8 @@ def help_flags(cli_here, *args) -> set[str]:
 
 def test_each_evaluate_subcommand_offers_only_the_flags_it_uses(cli_here):
     export = help_flags(cli_here, "export")
-    assert not export & {"--resume", "--quick", "--overwrite", "--reuse", "--name", "--progress", "--amp"}
-    assert {"--arch", "--out", "--supernet", "--config", "--calib-images"} <= export
+    assert not export & {"--resume", "--quick", "--reuse", "--name", "--progress", "--amp"}
+    assert {"--arch", "--out", "--supernet", "--config", "--calib-images", "--overwrite"} <= export
     assert not help_flags(cli_here, "score") & {"--resume", "--quick", "--d-max", "--w-step"}
     assert "--resume" not in help_flags(cli_here, "rank") and "--quick" in help_flags(cli_here, "rank")
     assert {"--resume", "--quick", "--config"} <= help_flags(cli_here, "supernet")
