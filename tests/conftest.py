@@ -1,16 +1,19 @@
-"""What several test modules share: one CPU thread by default, and running a command line in this process."""
+"""What several test modules share: one CPU thread in this process, and running a command line in it."""
 import importlib
 import os
-
-# The tests' workloads are tiny: with torch's default of one thread per core, two threads on two cores that
-# another process also uses keep waiting for each other (a search test took 15 s instead of 3 s). One thread,
-# unless the caller chose a number; set before torch loads, and inherited by the command lines the tests start.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# The tests that run in this process are tiny: with torch's default of one thread per core, two threads on two
+# cores that another process also uses keep waiting for each other (a search test took 15 s instead of 3 s). One
+# thread here, unless OMP_NUM_THREADS says otherwise; the command lines and notebooks that tests start as
+# processes, larger workloads, keep torch's default.
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 
