@@ -1,4 +1,4 @@
-"""What several test modules share: one CPU thread in this process, and running a command line in it."""
+"""What several test modules share: the CPU threads of a test, and running a command line in this process."""
 import importlib
 import os
 import subprocess
@@ -8,12 +8,22 @@ from pathlib import Path
 import pytest
 import torch
 
-# The tests that run in this process are tiny: with torch's default of one thread per core, two threads on two
-# cores that another process also uses keep waiting for each other (a search test took 15 s instead of 3 s). One
-# thread here, unless OMP_NUM_THREADS says otherwise; the command lines and notebooks that tests start as
-# processes, larger workloads, keep torch's default.
-if "OMP_NUM_THREADS" not in os.environ:
-    torch.set_num_threads(1)
+TORCH_THREADS = torch.get_num_threads()      # torch's default: one per core
+
+
+@pytest.fixture(autouse=True)
+def cpu_threads(request, monkeypatch):
+    """One CPU thread for the tiny tests, torch's default for the slow ones (their larger workloads gain from a second
+    core when it is idle), unless OMP_NUM_THREADS says otherwise: on two cores that another process also uses, two
+    threads keep waiting for each other (a tiny search test took 15 s instead of 3 s). The command lines run here take
+    the same count for --threads 0 (``runs.TORCH_THREADS``); those that tests start as processes keep torch's own."""
+    import runs
+    threads = TORCH_THREADS if request.node.get_closest_marker("slow") or "OMP_NUM_THREADS" in os.environ else 1
+    monkeypatch.setattr(runs, "TORCH_THREADS", threads)
+    torch.set_num_threads(threads)
+    yield
+    torch.set_num_threads(TORCH_THREADS)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -76,7 +76,7 @@ def run_cli(*args, cwd):
 
 @pytest.mark.slow
 def test_cli_quick_runs_end_to_end(tmp_path):
-    proc = run_cli("--quick", "--no-progress", cwd=tmp_path)
+    proc = run_cli("--quick", "--synthetic-size", "500", "--no-progress", cwd=tmp_path)    # a quarter of the demo's images
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "runs" / "nas-quick-full" / "nas.json").read_text())
     for key in ("space", "target", "arch", "flops", "deviation", "samples", "probs", "history"):
