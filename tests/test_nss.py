@@ -176,11 +176,11 @@ def run_cli(*args, cwd):
 
 @pytest.mark.slow
 def test_cli_quick_runs_end_to_end(tmp_path):
-    proc = run_cli("--quick", "--no-progress", cwd=tmp_path)
+    proc = run_cli("--quick", "--synthetic-size", "500", "--no-progress", cwd=tmp_path)   # a quarter of the demo's images
     assert proc.returncode == 0, proc.stderr
     assert "Elite Space" in proc.stdout
     result = json.loads((tmp_path / "runs" / "nss-quick" / "result.json").read_text())
-    check_result_schema(result, runs.parse_config(nss.NSSConfig, ["--quick"]))
+    check_result_schema(result, runs.parse_config(nss.NSSConfig, ["--quick", "--synthetic-size", "500"]))
     search_epochs = [h for h in result["history"] if h["phase"] == "search"]
     taus = [h["tau"] for h in search_epochs]
     assert taus[-1] <= 0.2 and all(a > b for a, b in zip(taus, taus[1:]))       # the search anneals
