@@ -61,7 +61,7 @@ def test_samples_in_the_full_reduced_space_are_counted(tmp_path, target):
 @pytest.mark.slow
 def test_nas_with_the_task_loss_in_the_full_default_width_options(tmp_path):
     """512 width options per stage: the masked forward and Θ of that size run (tiny data, few steps)."""
-    cfg = nas.NASConfig(dataset="synthetic", synthetic_size=64, batch_size=16, d_max=2, w_max=512, d_step=1, w_step=32,
+    cfg = nas.NASConfig(dataset="synthetic", synthetic_size=20, batch_size=8, d_max=2, w_max=512, d_step=1, w_step=32,
                         target=2e8, epochs=2, warmup_epochs=1, progress=False, out=str(tmp_path), max_samples=20)
     result = nas.run(cfg)
     assert [len(p) for p in result["probs"]["width"]] == [512] * 3
