@@ -16,7 +16,8 @@ def cpu_threads(request, monkeypatch):
     """One CPU thread for the tiny tests, torch's default for the slow ones (their larger workloads gain from a second
     core when it is idle), unless OMP_NUM_THREADS says otherwise: on two cores that another process also uses, two
     threads keep waiting for each other (a tiny search test took 15 s instead of 3 s). The command lines run here take
-    the same count for --threads 0 (``runs.TORCH_THREADS``); those that tests start as processes keep torch's own."""
+    the same count for --threads 0 (``runs.TORCH_THREADS``); those that tests start as processes keep torch's own.
+    After each test torch's default is back, whatever a command's --threads set."""
     import runs
     threads = TORCH_THREADS if request.node.get_closest_marker("slow") or "OMP_NUM_THREADS" in os.environ else 1
     monkeypatch.setattr(runs, "TORCH_THREADS", threads)

@@ -43,16 +43,6 @@ OPTION_GRAD_RTOL = 0.6      # the same of the cross-entropy's gradients with res
 LOSS_ATOL = 2e-3            # |bf16 − fp32| of the mean cross-entropy (≈ ln 10 = 2.3 here)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: these steps are tiny, and on a busy machine a second thread waits on a descheduled one (the
-    forwards here then take 50 times longer)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def rel(a, b) -> float:
     """‖a − b‖ / ‖b‖, tensors or lists of tensors (flattened into one vector)."""
     a, b = (torch.cat([t.detach().float().flatten() for t in v]) if isinstance(v, list) else v.detach().float()

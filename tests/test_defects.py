@@ -20,15 +20,6 @@ from train import Diverged
 ESS = ExpandedSearchSpace.reduced()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny steps: on a busy machine a second thread only waits on a descheduled one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---- 1. one GPU per torchrun process ---------------------------------------------------------
 
 @pytest.fixture

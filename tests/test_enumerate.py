@@ -38,14 +38,6 @@ STOP = "STOP: every check passed"
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def threads_kept():
-    """Each command sets torch's thread count (--threads): the tests after these get theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def supernet_file(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("supernet") / "supernet.pt"
