@@ -1,7 +1,5 @@
 """evaluate.py: evaluation supernets, scoring with shared weights, BN recalibration, from scratch, the CLI."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +15,8 @@ from flops import arch_flops, batch_arch_flops
 from space import REDUCED, Arch, ExpandedSearchSpace
 from supernet import build, recalibrate_bn
 
-ROOT = Path(__file__).resolve().parents[1]
 ESS = ExpandedSearchSpace.reduced()
-COMMON = dict(dataset="synthetic", synthetic_size=2000, **REDUCED, device="cpu", progress=False)
+COMMON = dict(dataset="synthetic", synthetic_size=1000, **REDUCED, device="cpu", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +94,9 @@ def test_export_writes_a_standalone_network_untrained_or_from_the_supernet(toy, 
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), reference.state_dict().values()))
 
 
-def run_cli(*args, cwd, timeout=400):
-    return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
-
-
 @pytest.mark.slow
-def test_cli_rank_quick_writes_its_statistics_and_plot(tmp_path):
-    proc = run_cli("rank", "--quick", "--synthetic-size", "500", "--no-progress", cwd=tmp_path)   # a quarter of the
+def test_cli_rank_quick_writes_its_statistics_and_plot(tmp_path, cli_here):
+    proc = cli_here("evaluate", "rank", "--quick", "--synthetic-size", "500", "--no-progress")   # a quarter of the
     # demo's images: the whole pipeline (evaluation supernet, scoring, from-scratch training) at a quarter of its time
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "runs" / "rank-quick" / "rank.json").read_text())

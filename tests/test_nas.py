@@ -1,8 +1,5 @@
 """nas.py: NAS inside Elite-like and full spaces, Table 1's sample counting, and the CLI."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +12,6 @@ from search import SearchSettings, Searcher
 from flops import arch_flops, space_flops
 from space import REDUCED, Arch, ExpandedSearchSpace, Options, Space
 
-ROOT = Path(__file__).resolve().parents[1]
 FLOPS_ONLY = dict(dataset="synthetic", synthetic_size=640, batch_size=64, task_loss=False, warmup_epochs=0,
                   arch_lr=0.1, progress=False)
 
@@ -69,14 +65,9 @@ def test_nas_with_the_task_loss_in_the_full_default_width_options(tmp_path):
     assert result["probs"]["width"][0] != [1 / 512] * 512
 
 
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "nas.py"), *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
-
-
 @pytest.mark.slow
-def test_cli_quick_runs_end_to_end(tmp_path):
-    proc = run_cli("--quick", "--synthetic-size", "500", "--no-progress", cwd=tmp_path)    # a quarter of the demo's images
+def test_cli_quick_runs_end_to_end(tmp_path, cli_here):
+    proc = cli_here("nas", "--quick", "--synthetic-size", "500", "--no-progress")    # a quarter of the demo's images
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "runs" / "nas-quick-full" / "nas.json").read_text())
     for key in ("space", "target", "arch", "flops", "deviation", "samples", "probs", "history"):

@@ -111,6 +111,10 @@ finally:
 """
 
 
+KERNEL = "05"      # the notebook run in a Jupyter kernel (its cells take the least time); the others run plain
+PLAIN = [p for p in NOTEBOOKS if not p.stem.startswith(KERNEL)]
+
+
 @pytest.fixture(scope="module")
 def shared_runs(tmp_path_factory):
     """One run folder for every notebook's smoke run, as a user's NSS_OUT: 03, 04 and 05 reuse 02's NSS runs and
@@ -118,15 +122,23 @@ def shared_runs(tmp_path_factory):
     return tmp_path_factory.mktemp("notebook-runs")
 
 
-@pytest.mark.slow
-def test_plain_run_needs_no_jupyter(tmp_path, shared_runs):
-    """``render.py --plain`` runs notebook 02 at smoke scale where no Jupyter module can be imported, and writes
-    its figures and findings.json."""
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def plain_smoke(tmp_path_factory, shared_runs):
+    """``render.py --plain --scale smoke 01 02 03 04``, once, in one process where no Jupyter module can be imported
+    (one interpreter's start-up and imports instead of four); the completed process and its output folder."""
+    out = tmp_path_factory.mktemp("plain-smoke")
     env = {**os.environ, "NSS_OUT": str(shared_runs), "NSS_DEVICE": "cpu"}
     done = subprocess.run([sys.executable, "-c", NO_JUPYTER, ",".join(JUPYTER), str(ROOT / "notebooks" / "render.py"),
-                           "--plain", "--scale", "smoke", "--out", str(out), "02"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                           "--plain", "--scale", "smoke", "--out", str(out), *(p.stem[:2] for p in PLAIN)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    return done, out
+
+
+@pytest.mark.slow
+def test_plain_run_needs_no_jupyter(plain_smoke):
+    """``render.py --plain`` runs notebooks 01–04 at smoke scale where no Jupyter module can be imported, and
+    notebook 02 writes its figures and findings.json."""
+    done, out = plain_smoke
     assert done.returncode == 0, done.stderr[-3000:]
     imported = [line for line in done.stdout.splitlines() if line.startswith("IMPORTED ")]
     assert imported == ["IMPORTED []"], imported
@@ -144,29 +156,26 @@ def test_plain_run_needs_no_jupyter(tmp_path, shared_runs):
     assert len(pngs) == 2 and all(p.stat().st_size > 5000 for p in pngs)
 
 
-KERNEL = "05"      # the notebook run in a Jupyter kernel (its cells take the least time); the others run plain
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if not p.stem.startswith("02")], ids=lambda p: p.stem)
-def test_runs_at_smoke_scale(path, tmp_path, shared_runs):
-    """Every notebook but 02 (above) at smoke scale, with its figures: notebook 05 in a Jupyter kernel, which shows
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_runs_at_smoke_scale(path, tmp_path, plain_smoke, shared_runs):
+    """Every notebook at smoke scale, with its findings and figures: notebook 05 in a Jupyter kernel, which shows
     that the notebooks run there (and ``test_no_ipython_features`` that they need nothing of IPython's), the others
-    through ``render.py --plain`` as the GPU machine runs them, without a kernel's start-up and output traffic."""
-    env = {"NSS_OUT": str(shared_runs), "NSS_DEVICE": "cpu"}
+    through ``render.py --plain`` (``plain_smoke``) as the GPU machine runs them, without a kernel's start-up and
+    output traffic. The kernel's run comes after the plain one, whose runs it reuses."""
     if path.stem.startswith(KERNEL):
         pytest.importorskip("nbclient")
         figures = tmp_path / "figures"
-        nb = render.execute(path, "smoke", timeout=600, env={**env, "NSS_FIGURES": str(figures)})
+        nb = render.execute(path, "smoke", timeout=600, env={"NSS_OUT": str(shared_runs), "NSS_DEVICE": "cpu",
+                                                              "NSS_FIGURES": str(figures)})
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
         assert not errors
     else:
-        done = subprocess.run([sys.executable, str(ROOT / "notebooks" / "render.py"), "--plain", "--scale", "smoke",
-                               "--out", str(tmp_path), path.stem[:2]], cwd=ROOT, env={**os.environ, **env},
-                              capture_output=True, text=True, timeout=900)
+        done, out = plain_smoke
         assert done.returncode == 0, done.stderr[-3000:]
-        figures = tmp_path / path.stem / "figures"
-        assert json.loads((tmp_path / path.stem / "findings.json").read_text())
+        assert f"{path.name}: " in done.stderr, f"{path.name} did not finish"
+        figures = out / path.stem / "figures"
+        assert json.loads((out / path.stem / "findings.json").read_text())
     pngs = list(figures.rglob("*.png"))
     assert pngs and all(p.stat().st_size > 5000 for p in pngs), "the notebook wrote no figure"
 

@@ -1,8 +1,6 @@
 """nss.py and search.py: the search steers, runs, resumes exactly, and its CLI fails cleanly on bad input."""
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,6 @@ import train
 from flops import arch_flops, space_flops
 from space import REDUCED, ExpandedSearchSpace, Options, Space
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(dataset="synthetic", synthetic_size=256, **REDUCED, target=6e6,
             batch_size=32, progress=False)
 
@@ -169,14 +166,9 @@ def test_the_target_list_flag(tmp_path):
 
 # ---- 4. the CLI ----------------------------------------------------------------------------
 
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "nss.py"), *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
-
-
 @pytest.mark.slow
-def test_cli_quick_runs_end_to_end(tmp_path):
-    proc = run_cli("--quick", "--synthetic-size", "500", "--no-progress", cwd=tmp_path)   # a quarter of the demo's images
+def test_cli_quick_runs_end_to_end(tmp_path, cli_here):
+    proc = cli_here("nss", "--quick", "--synthetic-size", "500", "--no-progress")   # a quarter of the demo's images
     assert proc.returncode == 0, proc.stderr
     assert "Elite Space" in proc.stdout
     result = json.loads((tmp_path / "runs" / "nss-quick" / "result.json").read_text())
