@@ -407,10 +407,11 @@ def start_line(cfg: RunSettings, run_dir: Path, device: torch.device, data: data
     where += f", {distributed.world()} processes" if distributed.world() > 1 else ""
     split = f" ({' + '.join(f'{n} {name}' for name, n in phases)})" if len(phases) > 1 else ""
     batch = f" at batch {cfg.batch_size}" if getattr(cfg, "batch_size", None) else ""
-    schedule = f"{sum(n for _, n in phases)} epochs{split} of {steps} step{'s' * (steps != 1)}{batch}"
+    total = sum(n for _, n in phases)
+    schedule = f"{total} epochs{split} of {steps} step{'s' * (steps != 1)}{batch}"
     parts = [f"{run_dir} on {where}", f"{data.name}: {len(data.train_y):,} training images of {data.num_classes} classes",
              *([space] if space else []), schedule]
-    return "; ".join(parts) + (f", from epoch {done + 1}" if done else "")
+    return "; ".join(parts) + ("" if not done else f", from epoch {done + 1}" if done < total else ", all of them done already")
 
 
 class Estimate:

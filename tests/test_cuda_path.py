@@ -179,6 +179,7 @@ def test_fake_cuda_sees_what_it_checks(fake):
         assert F.conv2d(torch.ones(1, 3, 8, 8).to(CUDA), torch.ones(4, 3, 3, 3).to(CUDA)).dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 def test_the_sliced_and_masked_forwards_on_fake_cuda(fake):
     searcher = cuda_searcher()
     (x, _), _ = cuda_batches(fake)

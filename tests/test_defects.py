@@ -87,6 +87,7 @@ class FirstTargetEpoch(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_several_targets_drop_the_warmup_searcher_and_keep_the_warm_state_on_the_host(tmp_path, monkeypatch):
     """In the first target's first epoch, the only searcher alive is that target's, and the warm state it started
     from holds host tensors only (on a GPU: no device copy beside the target's own)."""

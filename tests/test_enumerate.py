@@ -404,6 +404,7 @@ def test_rank_needs_k_distinct_architectures_and_says_when_its_statistics_are_un
 
 # ---- 7. messages that point the right way ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ctrl_c_after_a_shared_warmup_says_resume_and_resume_works(cli_here, tmp_path, monkeypatch):
     """The warmup folder holds a run once the warmup is done, so "rerun the same command" would be refused: the line
     says --resume, and --resume goes on."""

@@ -138,6 +138,7 @@ def test_cli_rejects_a_corrupt_supernet_file(tmp_path, cli_here):
 
 # ---- divergence, bad side files ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_supernet_and_scratch_training_stop_when_they_diverge(tmp_path):
     from train import Diverged
     small = {**COMMON, "synthetic_size": 256}

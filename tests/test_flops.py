@@ -30,10 +30,10 @@ def meta_build(arch, ess):
 
 
 def sample_archs():
-    """50 random architectures and the extremes; all but 10 of the random ones run with the slow tests."""
+    """50 random architectures and the extremes; all but 4 of the random ones run with the slow tests."""
     g = torch.Generator().manual_seed(2021)
     archs = [DEFAULT.smallest_arch(), DEFAULT.largest_arch()] + DEFAULT.full_space().sample(g, 50)
-    return [pytest.param(a, marks=[pytest.mark.slow] if i >= 12 else []) for i, a in enumerate(archs)]
+    return [pytest.param(a, marks=[pytest.mark.slow] if i >= 6 else []) for i, a in enumerate(archs)]
 
 
 @pytest.mark.parametrize("arch", sample_archs(), ids=lambda a: str(a))

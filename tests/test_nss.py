@@ -99,6 +99,7 @@ def test_resume_is_exact(tmp_path):
     assert strip(resumed["history"]) == strip(whole["history"])
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings_and_corrupt_checkpoints(tmp_path):
     nss.run(tiny_cfg(tmp_path, epochs=2, warmup_epochs=1, name="a"))
     with pytest.raises(runs.RunError, match="other settings"):
@@ -266,6 +267,7 @@ def test_learning_rate_schedule():
 
 # ---- 6. divergence stops the run, and never overwrites a good checkpoint --------------------------
 
+@pytest.mark.slow
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     def poison_the_weights(searcher, record):
         if record["epoch"] == 1:

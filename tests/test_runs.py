@@ -302,6 +302,7 @@ def test_cli_failures_are_one_line_with_their_exit_code(tmp_path, args, code, me
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_reuse_continues_this_very_run_and_replaces_another(tmp_path):
     """--reuse (what the notebooks pass): a finished run of the same identity is continued (nothing is trained
     again, the same result comes back); a run of other settings in the folder is replaced, not mixed in."""

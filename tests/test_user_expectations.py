@@ -134,6 +134,16 @@ def test_quick_starts_with_its_plan_estimates_its_time_per_phase_and_runs_again(
     assert not any("needs a GPU" in line for line in lines)        # seconds, not hours
 
 
+def test_a_finished_run_resumed_says_that_no_epoch_is_left(cli_here):
+    """--resume of a run whose epochs are all done: its plan line says so (not "from epoch 3" of 2), and it ends."""
+    assert cli_here("nss", *TINY, "--name", "done").returncode == 0
+    again = cli_here("nss", *TINY, "--name", "done", "--resume")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0].endswith("2 epochs (1 warmup + 1 search) of 1 step at batch 32, all of them "
+                                                 "done already")
+    assert not any(line.startswith("epoch ") for line in again.stdout.splitlines())
+
+
 class FakeClock:
     """An hour a call: every step of the run seems to take that long."""
 
