@@ -158,11 +158,11 @@ def test_plain_run_needs_no_jupyter(plain_smoke):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_runs_at_smoke_scale(path, tmp_path, plain_smoke, shared_runs):
+def test_runs_at_smoke_scale(path, tmp_path, request, shared_runs):
     """Every notebook at smoke scale, with its findings and figures: notebook 05 in a Jupyter kernel, which shows
     that the notebooks run there (and ``test_no_ipython_features`` that they need nothing of IPython's), the others
     through ``render.py --plain`` (``plain_smoke``) as the GPU machine runs them, without a kernel's start-up and
-    output traffic. The kernel's run comes after the plain one, whose runs it reuses."""
+    output traffic. Run with the others, the kernel's run comes after the plain one, whose runs it reuses."""
     if path.stem.startswith(KERNEL):
         pytest.importorskip("nbclient")
         figures = tmp_path / "figures"
@@ -171,7 +171,7 @@ def test_runs_at_smoke_scale(path, tmp_path, plain_smoke, shared_runs):
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
         assert not errors
     else:
-        done, out = plain_smoke
+        done, out = request.getfixturevalue("plain_smoke")
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"{path.name}: " in done.stderr, f"{path.name} did not finish"
         figures = out / path.stem / "figures"
