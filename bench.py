@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import data as data_mod
 import evaluate
 import runs
-from rundir import write_json
+from rundir import RunError, write_json
 from flops import arch_flops, flops_range, format_flops, space_flops
 from scratch import ScratchConfig, train_from_scratch
 from search import SearchSettings, Searcher
@@ -208,9 +208,8 @@ def bench_eval(ess, device, amp, cfg: BenchConfig) -> list[dict]:
              "seconds": seconds, "archs_per_min": 60 / seconds, "img_per_s": (n_train + n_test) / seconds}]
 
 
-def bench_scratch(ess, device, amp, cfg: BenchConfig) -> list[dict]:
+def bench_scratch(ess, device, amp, cfg: BenchConfig, data: data_mod.ImageData) -> list[dict]:
     """From-scratch training of a ~1.6 GF architecture on an image folder: s/epoch and time to 90% / 93%."""
-    data = data_mod.load("folder", cfg.data_dir, device=device)
     arch = arch_near(ess, 1.6e9) if not cfg.quick else Arch((1, 1, 1), (4, 4, 4))
     scratch_cfg = ScratchConfig(dataset="folder", data_dir=cfg.data_dir, recipe="fast", device=str(device), amp=amp,
                                 epochs=cfg.scratch_epochs, progress=False)
@@ -225,6 +224,12 @@ def run(cfg: BenchConfig) -> dict:
     device = runs.resolve_device(cfg.device)
     amp = device.type == "cuda"
     ess = ExpandedSearchSpace() if not cfg.quick else ExpandedSearchSpace.reduced()
+    # what could fail at the end fails first: the image folder is read and --out's folder made before any timing
+    data = data_mod.load("folder", cfg.data_dir, device=device) if cfg.data_dir else None
+    try:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"--out {cfg.out}: cannot make its folder: {e.strerror or e}") from None
     sections = {}
     for name, fn in (("plain", lambda: bench_plain(ess, device, amp, cfg.batch_sizes, cfg.steps)),
                      ("masked", lambda: bench_masked(ess, device, amp, cfg.batch_sizes, cfg.steps)),
@@ -235,7 +240,7 @@ def run(cfg: BenchConfig) -> dict:
         sections[name] = fn()
         print_rows(sections[name])
     if cfg.data_dir:
-        sections["scratch"] = bench_scratch(ess, device, amp, cfg)
+        sections["scratch"] = bench_scratch(ess, device, amp, cfg, data)
         print_rows(sections["scratch"])
     result = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
               else (platform.processor() or platform.machine()), "date": datetime.date.today().isoformat(),

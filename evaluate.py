@@ -21,6 +21,7 @@ protocol end to end on synthetic data.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import sys
@@ -190,8 +191,9 @@ def train_supernet(cfg: SupernetConfig, data: data_mod.ImageData | None = None, 
 
 def load_supernet(path: str | Path, device="cpu") -> SuperNet:
     """A supernet saved by ``train_supernet``."""
-    state = load_checkpoint(Path(path))
-    with reading(path, "is not a supernet written by evaluate.py"):
+    fix = "give --supernet the supernet.pt that `evaluate.py supernet` writes"
+    state = load_checkpoint(Path(path), fix)
+    with reading(path, "is not a supernet written by evaluate.py", fix):
         net = SuperNet(ExpandedSearchSpace.from_dict(state["ess"]))
         net.load_state_dict(state["state"])
     return net.to(device).eval()
@@ -255,6 +257,10 @@ class ScoreConfig(RunSettings):
         super().check()
         if not self.supernet:
             raise RunError("--supernet is required: a supernet.pt written by `evaluate.py supernet`")
+        items = self.spaces.split(",")
+        if any(not s or s != s.strip() for s in items) or len(set(items)) < len(items):
+            raise RunError(f"--spaces must list each space once, comma-separated without blanks (full,runs/…/result.json), "
+                           f"got {self.spaces!r}")
         if self.flops_max and self.flops_min > self.flops_max:
             raise RunError(f"--flops-min {self.flops_min:g} is above --flops-max {self.flops_max:g}: no architecture is in between")
 
@@ -307,6 +313,8 @@ class TableConfig:
         runs.check_fields(self)         # a --config file's values: of the right type
         if not Path(self.runs).is_dir():
             raise RunError(f"--runs {self.runs} is not a folder")
+        if not self.match.strip():
+            raise RunError("--match must be a glob of run folder names, such as 'nas-cifar10-*' (or '*' for all)")
 
 
 def run_table(cfg: TableConfig) -> str:
@@ -314,10 +322,10 @@ def run_table(cfg: TableConfig) -> str:
     if not rows:
         raise RunError(f"no nas.json under {cfg.runs} in folders matching {cfg.match!r}: run nas.py first")
     markdown, csv_text = plots.table1(rows)
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out.with_suffix(".md"), lambda p: p.write_text(markdown))
-    write_atomic(out.with_suffix(".csv"), lambda p: p.write_text(csv_text))
+    md, csv = runs.written(next(f for f in dataclasses.fields(cfg) if f.name == "out"), cfg.out)   # <out>.md, <out>.csv
+    md.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(md, lambda p: p.write_text(markdown))
+    write_atomic(csv, lambda p: p.write_text(csv_text))
     return markdown
 
 

@@ -158,26 +158,37 @@ def run_targets(cfg: NSSConfig, targets: list[float], data: data_mod.ImageData |
     data = data_mod.load_for(cfg, ess, runs.resolve_device(cfg.device)) if data is None else data
     out, warm_name = Path(cfg.out), cfg.warmup_name()
     resume = lambda name: cfg.resume and (out / name / "checkpoint.pt").is_file()
-    run_search(dataclasses.replace(cfgs[0], name=warm_name, resume=resume(warm_name)), ess, options, what,
-               warm_name, None, data, callback, until=cfg.warmup_epochs)
+    if cfg.warmup_epochs:       # no warmup: nothing to share, each target starts from the initial state
+        run_search(dataclasses.replace(cfgs[0], name=warm_name, resume=resume(warm_name)), ess, options, what,
+                   warm_name, None, data, callback, until=cfg.warmup_epochs)
     results = []
     try:
         for c, name in zip(cfgs, names):
             # the warmed-up state, read afresh on the host for each target: an optimiser trains the tensors it loads
-            warm = load_checkpoint(out / warm_name / "checkpoint.pt")
-            finish = lambda s, c=c: elite_space(s.theta, s.gen, c.n_samples, c.target, ess) | {"warmup_run": str(out / warm_name)}
+            warm = load_checkpoint(out / warm_name / "checkpoint.pt") if cfg.warmup_epochs else None
+            shared = str(out / warm_name) if cfg.warmup_epochs else None
+            finish = lambda s, c=c: elite_space(s.theta, s.gen, c.n_samples, c.target, ess) | {"warmup_run": shared}
             results.append(run_search(dataclasses.replace(c, name=name, resume=resume(name)), ess, options, what,
                                       name, finish, data, callback, start=warm))
     except rundir.Interrupted:    # the warmup folder holds a run now: the same command alone would be refused
+        if not cfg.warmup_epochs:
+            raise
+        again = ("rerun the same command" if cfg.reuse else "rerun it with --resume in place of --overwrite"
+                 if cfg.overwrite else "rerun the same command with --resume")
         raise rundir.Interrupted(f"interrupted; {out / warm_name / 'checkpoint.pt'} keeps the shared warmup (and each "
-                                 f"target folder what it finished): rerun the same command with --resume") from None
+                                 f"target folder what it finished): {again}") from None
     return results
 
 
 def split_targets(argv: list[str]) -> tuple[list[str], list[float] | None]:
     """``--target 6e8,1.6e9,4e9``: the argv with the first target only, and the targets (None for one)."""
-    argv = list(argv)
-    for i in reversed(range(len(argv))):         # the last --target, as for any flag given twice
+    argv, given = list(argv), []
+    for i, arg in enumerate(argv):
+        if arg.partition("=")[0] == "--target" and ("=" in arg or i + 1 < len(argv)):
+            given.append(i)
+    for i in given[-2::-1]:                      # the last --target counts, as for any flag given twice
+        del argv[i:i + (1 if "=" in argv[i] else 2)]
+    for i in reversed(range(len(argv))):
         flag, eq, value = argv[i].partition("=")
         if flag == "--target" and (eq or i + 1 < len(argv)):
             value = value if eq else argv[i + 1]

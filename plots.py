@@ -92,6 +92,7 @@ def table_rows(runs_dir: str | Path, match: str = "*", warn=None) -> list[dict]:
     skipped with one line to ``warn`` (default: a warning on stderr) naming it; the others still make the table."""
     warn = warn or (lambda path, why: print(f"warning: skipping {path}: {why}", file=sys.stderr))
     rows: dict = defaultdict(dict)
+    sources: dict = {}
     for path in sorted(p for p in Path(runs_dir).rglob("nas.json") if p.parent.match(match)):
         try:
             r = _read_result(path, NAS_FIELDS)
@@ -105,6 +106,12 @@ def table_rows(runs_dir: str | Path, match: str = "*", warn=None) -> list[dict]:
             except ValueError as e:
                 warn(scratch, f"{e}; its error is left out")
         kind = "full" if r["space_source"] == "full" else "elite"
+        cell = (r["dataset"], r["target"], kind)
+        if cell in sources:           # two runs for one cell of the table: the first (by path) is kept
+            warn(path, f"{sources[cell]} already gives the {kind} cell of {r['dataset']} at {r['target']:g}; "
+                       f"choose one with --match")
+            continue
+        sources[cell] = path
         rows[(r["dataset"], r["target"])][kind] = {"flops": r["flops"], "deviation": r["deviation"],
                                                     "samples": r["samples"], "error": error}
     return [{"dataset": ds, "target": t, **cells} for (ds, t), cells in sorted(rows.items())]
@@ -120,6 +127,8 @@ SCRATCH_FIELDS = {"mean": (NUMBER, 0, 100)}
 def _read_result(path: Path, fields: dict) -> dict:
     """A result file with ``fields`` of their types (and numbers finite and in their ranges), or ValueError saying why
     not (unreadable, not JSON, a missing field, NaN, a negative count, …)."""
+    if not path.is_file():          # a FIFO would block
+        raise ValueError("not a regular file")
     try:
         r = json.loads(path.read_text())
     except OSError as e:
@@ -130,8 +139,11 @@ def _read_result(path: Path, fields: dict) -> dict:
         raise ValueError(f"not a result (a JSON {type(r).__name__})")
     def fits(value, field) -> bool:
         kind, lo, hi = field if isinstance(field, tuple) and len(field) == 3 else (field, None, None)
-        return (isinstance(value, kind) and not isinstance(value, bool)
-                and (lo is None or (math.isfinite(value) and lo <= value <= hi)))
+        try:
+            return (isinstance(value, kind) and not isinstance(value, bool)
+                    and (lo is None or (math.isfinite(value) and lo <= value <= hi)))
+        except OverflowError:      # an integer too large for a float
+            return False
     wrong = [k for k, field in fields.items() if not fits(r.get(k), field)]
     if wrong:
         raise ValueError(f"missing or malformed {', '.join(f'{k} ({r.get(k)!r})' if k in r else k for k in wrong)}")

@@ -85,10 +85,10 @@ def not_a_file(path: Path) -> str | None:
 
 
 @contextmanager
-def reading(path: Path, what: str):
+def reading(path: Path, what: str, fix: str = "delete it or pass --overwrite"):
     """Read a side file whole inside: any failure of the reading code (a missing key, a wrong type, a bad value, not
-    only the ones foreseen) is one line, "<path> <what> (<why>)" (``what``: "is corrupt", say); an OSError is
-    "cannot read <path>"."""
+    only the ones foreseen) is one line, "<path> <what> (<why>): <fix>" (``what``: "is corrupt", say; ``fix``: what to
+    do, for a file the run wrote by default); an OSError is "cannot read <path>"."""
     try:
         yield
     except (RunError, MemoryError):
@@ -97,16 +97,15 @@ def reading(path: Path, what: str):
         raise RunError(f"cannot read {path}: {e.strerror or e}") from None
     except Exception as e:
         why = str(e).splitlines()[0][:120] if str(e) else ""
-        raise RunError(f"{path} {what} ({type(e).__name__}{': ' + why if why else ''}): delete it or pass "
-                       f"--overwrite") from None
+        raise RunError(f"{path} {what} ({type(e).__name__}{': ' + why if why else ''}): {fix}") from None
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, fix: str = "delete it or pass --overwrite") -> dict:
     """A checkpoint (or network file) as a dict, read on the CPU; anything else is a one-line RunError."""
     path = Path(path)
     if not_a_file(path):
         raise RunError(f"cannot read the checkpoint {path}: {not_a_file(path)}")
-    with reading(path, "is corrupt or not one of ours"):
+    with reading(path, "is corrupt or not one of ours", fix):
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
             raise TypeError(f"it holds a {type(state).__name__}, not a dict")
@@ -184,6 +183,9 @@ def run_folder(run_dir: Path, resume: bool = False, overwrite: bool = False, pro
       replaced, with one line saying so; a folder that holds any other run is refused as above.
     """
     run_dir = Path(run_dir)
+    again = ("rerun the same command (--reuse goes on from it)" if reuse else
+             "rerun the command with --resume in place of --overwrite" if overwrite else
+             "rerun the same command with --resume")
     if reuse:
         resume = progress is not None and (run_dir / progress).is_file()
         overwrite = not resume
@@ -219,7 +221,7 @@ def run_folder(run_dir: Path, resume: bool = False, overwrite: bool = False, pro
                             d.rmdir()
             if isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
                 raise Interrupted(
-                    f"interrupted; {run_dir / progress} keeps what finished: rerun the same command with --resume"
+                    f"interrupted; {run_dir / progress} keeps what finished: {again}"
                     if kept() else "interrupted before anything was kept: rerun the same command") from None
             if isinstance(e, Diverged) and kept():
                 raise Diverged(f"{e}; {run_dir / progress} keeps the last good state: pass --overwrite "

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 import data as data_mod
 import distributed
-from rundir import RunError, empty, load_checkpoint, os_error, save_torch, write_atomic, write_json
+from rundir import RunError, empty, load_checkpoint, not_a_file, os_error, save_torch, write_atomic, write_json
 from search import SearchSettings
 from space import REDUCED, ExpandedSearchSpace, FileError
 from train import Diverged, SettingError, check_loss, check_settings, setting
@@ -185,6 +185,11 @@ class RunSettings:
             raise RunError("--d-step must divide --d-max and --w-step must divide --w-max")
         if self.resume + self.overwrite + self.reuse > 1:
             raise RunError("--resume, --overwrite and --reuse exclude each other")
+        parts = Path(self.name).parts
+        if self.name and (Path(self.name).is_absolute() or not parts or ".." in parts
+                          or not self.name.isprintable()):
+            raise RunError(f"--name {self.name!r} must name a folder below --out {self.out} (such as 'my-run' or "
+                           f"'group/my-run'): no '..', no absolute path, no control characters")
         resolve_device(self.device)
         torch.set_num_threads(self.threads or TORCH_THREADS)
 
@@ -225,6 +230,8 @@ RUN_CONTROL = ("resume", "overwrite", "reuse")     # how a run was started, not 
 def read_config_file(path: str, cls) -> dict:
     """The settings of ``--config FILE``: a run's config.json (its "config" dict, bar RUN_CONTROL) or a hand-written
     JSON object of the same fields; unknown keys and values of the wrong type are one line."""
+    if not_a_file(path):
+        raise RunError(f"--config {path}: cannot read it: {not_a_file(path).removeprefix('it is ')}")
     try:
         text = Path(path).read_text()
     except OSError as e:
@@ -255,7 +262,7 @@ def read_config_file(path: str, cls) -> dict:
 def parse_config(cls, argv=None, description: str = "", prog: str | None = None):
     """Build ``cls`` from command-line flags generated from its fields (but those of ``cls.HIDDEN``) and check it;
     ``--config FILE`` gives settings that the flags beside it override; --quick fills the settings left unset."""
-    parser = _Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    parser = _Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False)
     parser.add_argument("--config", metavar="FILE", help="settings from a JSON file: a run's config.json, or an object of "
                                                          "the settings below (as in config.json); flags given beside it "
                                                          "override it")

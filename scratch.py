@@ -157,8 +157,9 @@ def save_weights(path: Path, arch: Arch, state: dict, ess: ExpandedSearchSpace, 
 
 def load_network(path: str | Path, device="cpu") -> Network:
     """A network saved by ``save_network`` (``run_scratch``'s seed<N>.pt, ``evaluate.py export``), in eval mode."""
-    saved = load_checkpoint(Path(path))
-    with reading(path, "is not a network written by this project"):
+    fix = "give a network file written by this project (a seed<N>.pt of evaluate.py scratch, or evaluate.py export's)"
+    saved = load_checkpoint(Path(path), fix)
+    with reading(path, "is not a network written by this project", fix):
         net = build(Arch.from_dict(saved["arch"]), ExpandedSearchSpace.from_dict(saved["ess"]))
         net.load_state_dict(saved["state"])
     return net.to(device).eval()

@@ -198,6 +198,8 @@ class FileError(ValueError):
 def read_json(path, what: str) -> dict:
     """The JSON object in the file ``path``; anything else (missing, unreadable, not UTF-8, not a JSON object) is a
     one-line FileError naming ``what`` ("space", say)."""
+    if Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():     # a FIFO would block
+        raise FileError(f"cannot read the {what} file {path}: it is not a regular file")
     try:
         text = Path(path).read_text()
     except OSError as e:

@@ -23,6 +23,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+if __name__ == "__main__":           # Ctrl-C while torch loads: one line, exit code 130
+    sys.path.insert(0, str(HERE.parent))
+    import startup
+    startup.guard()
 from common import SCALES  # noqa: E402
 
 
@@ -112,8 +116,14 @@ def execute_plain(path: Path, out: Path, scale: str = "smoke", env: dict | None 
     return findings
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):       # one line, as every command line of the project says a bad input
+        from rundir import RunError
+        raise RunError(message)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="notebook name prefixes, e.g. 01 03 (default: all)")
     parser.add_argument("--scale", choices=SCALES, default="smoke")
     parser.add_argument("--plain", action="store_true", help="run without Jupyter, in this Python process")
@@ -121,8 +131,11 @@ def main(argv=None) -> int:
                                                     "notebooks/plain-<scale> with --plain)")
     args = parser.parse_args(argv)
     selected = notebooks(args.names)
+    import runs
+    runs.resolve_device(os.environ.get("NSS_DEVICE", "auto"))      # NSS_DEVICE=bogus: one line before any cell runs
     if not selected:
-        parser.error(f"no notebook matches {' '.join(args.names)}")
+        parser.error(f"no notebook matches {' '.join(args.names)}: the notebooks are "
+                     f"{', '.join(p.stem for p in notebooks())}")
     # absolute: the notebooks run in their own folder, and their figures follow --out there
     out = Path(args.out or HERE / ("executed" if not args.plain else f"plain-{args.scale}")).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -141,5 +154,6 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":           # bad input, Ctrl-C and a failing run: one line and an exit code (runs.cli)
+    import runs
+    runs.cli(main)
