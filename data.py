@@ -13,6 +13,7 @@ Run ``python data.py`` for a short demo on synthetic data.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import shutil
 from dataclasses import dataclass
@@ -111,10 +112,15 @@ def load_for(cfg, ess, device=None) -> ImageData:
 
 
 def fingerprint(data: ImageData) -> dict:
-    """A small fingerprint of a dataset, kept in checkpoints: classes, image counts (per class) and image shape."""
+    """A small fingerprint of a dataset, kept in checkpoints: classes, image counts (per class), image shape and a
+    digest of every image and label (the same counts of other images are other data)."""
+    content = hashlib.sha256()
+    for t in (data.train_x, data.train_y, data.test_x, data.test_y):
+        content.update(t.detach().cpu().contiguous().numpy())
     return {"classes": data.num_classes, "class names": list(data.classes), "training images": len(data.train_y),
             "test images": len(data.test_y), "image shape": list(data.train_x.shape[1:]),
-            "images per class": torch.bincount(data.train_y.cpu(), minlength=data.num_classes).tolist()}
+            "images per class": torch.bincount(data.train_y.cpu(), minlength=data.num_classes).tolist(),
+            "content": content.hexdigest()[:16]}
 
 
 def _check_name(name: str) -> str:

@@ -115,7 +115,8 @@ def load_checkpoint(path: Path, fix: str = "delete it or pass --overwrite") -> d
 def os_error(e: OSError) -> str:
     """'<file>: <reason>' of an OSError, with what to do about the usual ones."""
     what = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else (e.strerror or str(e))
-    fix = {28: "free some space", 13: "use a folder you may write to (--out)", 30: "use a writable --out"}.get(e.errno)
+    fix = {28: "free some space", 13: "use a folder you may write to (--out)", 30: "use a writable --out",
+           17: "a file stands where a folder is needed", 20: "a file stands where a folder is needed"}.get(e.errno)
     return f"{what}{': ' + fix if fix else ''}"
 
 

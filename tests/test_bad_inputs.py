@@ -150,3 +150,10 @@ def test_render_says_a_bad_input_in_one_line(cli_here, monkeypatch, args, words)
     one_line(cli_here("render", *args), *words)
     monkeypatch.setenv("NSS_DEVICE", "bogus")
     one_line(cli_here("render", "--plain", "05"), "unknown device 'bogus'")
+
+
+def test_a_file_where_an_output_folder_goes_is_said_so(cli_here, tmp_path):
+    (tmp_path / "afile").write_text("")
+    one_line(cli_here("evaluate", "export", "--arch", '{"depths": [1, 1, 1], "widths": [4, 4, 4]}', "--dataset",
+                      "synthetic", "--d-max", "4", "--w-max", "16", "--d-step", "2", "--w-step", "4", "--out", "afile/m.pt"),
+             "afile", "a file stands where a folder is needed")

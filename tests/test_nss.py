@@ -317,7 +317,7 @@ def image_folder(root: Path, classes=("a", "b"), train=16, test=4):
                 Image.fromarray(pixels).save(root / split / name / f"{i}.png")
 
 
-@pytest.mark.parametrize("change", ["fewer images", "another class"])
+@pytest.mark.parametrize("change", ["fewer images", "another class", "other images"])
 def test_resume_refuses_other_data(tmp_path, change):
     image_folder(tmp_path / "images")
     cfg = dict(dataset="folder", data_dir=str(tmp_path / "images"), **REDUCED, target=6e6, batch_size=8,
@@ -330,8 +330,11 @@ def test_resume_refuses_other_data(tmp_path, change):
     if change == "fewer images":
         for f in list((tmp_path / "images" / "train" / "a").iterdir())[:4]:
             f.unlink()
-    else:
+    elif change == "another class":
         image_folder(tmp_path / "images", classes=("c",))
+    else:                      # the same classes and counts, every image replaced
+        image_folder(tmp_path / "images", classes=("b", "a"))
     with pytest.raises(runs.RunError, match="written on other data") as e:
         nss.run(nss.NSSConfig(**cfg, resume=True))
-    assert "\n" not in str(e.value) and ("training images 32 → 28" if change == "fewer images" else "classes 2 → 3") in str(e.value)
+    expected = {"fewer images": "training images 32 → 28", "another class": "classes 2 → 3", "other images": "content "}
+    assert "\n" not in str(e.value) and expected[change] in str(e.value)
