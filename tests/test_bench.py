@@ -1,19 +1,13 @@
 """bench.py runs at tiny sizes on the CPU, so it cannot rot (its numbers are not checked against goals here)."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.slow
-def test_bench_quick_runs_and_writes_json(tmp_path):
+def test_bench_quick_runs_and_writes_json(tmp_path, cli_here):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--device", "cpu", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = cli_here("bench", "--device", "cpu", "--quick", "--out", str(out))     # the command line, in this process
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["quick"]
