@@ -157,3 +157,17 @@ def test_a_file_where_an_output_folder_goes_is_said_so(cli_here, tmp_path):
     one_line(cli_here("evaluate", "export", "--arch", '{"depths": [1, 1, 1], "widths": [4, 4, 4]}', "--dataset",
                       "synthetic", "--d-max", "4", "--w-max", "16", "--d-step", "2", "--w-step", "4", "--out", "afile/m.pt"),
              "afile", "a file stands where a folder is needed")
+
+
+def test_scratch_of_a_nas_json_goes_where_out_says_when_given(tmp_path, monkeypatch):
+    """For a nas.json the from-scratch run goes to scratch/ beside it, unless --out (or --name) is given."""
+    import scratch
+    (tmp_path / "nas").mkdir()
+    (tmp_path / "nas" / "nas.json").write_text(json.dumps({"arch": {"depths": [1, 1, 1], "widths": [2, 2, 2]}}))
+    common = dict(dataset="synthetic", synthetic_size=64, d_max=4, w_max=16, d_step=2, w_step=4, recipe="fast",
+                  epochs=1, batch_size=32, seeds=1, progress=False, arch=str(tmp_path / "nas" / "nas.json"))
+    monkeypatch.chdir(tmp_path)
+    scratch.run_scratch(scratch.ScratchConfig(**common))
+    scratch.run_scratch(scratch.ScratchConfig(**common, out=str(tmp_path / "elsewhere")))
+    assert (tmp_path / "nas" / "scratch" / "scratch.json").is_file()
+    assert (tmp_path / "elsewhere" / "scratch-synthetic-s0" / "scratch.json").is_file()
