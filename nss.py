@@ -173,10 +173,8 @@ def run_targets(cfg: NSSConfig, targets: list[float], data: data_mod.ImageData |
     except rundir.Interrupted:    # the warmup folder holds a run now: the same command alone would be refused
         if not cfg.warmup_epochs:
             raise
-        again = ("rerun the same command" if cfg.reuse else "rerun it with --resume in place of --overwrite"
-                 if cfg.overwrite else "rerun the same command with --resume")
         raise rundir.Interrupted(f"interrupted; {out / warm_name / 'checkpoint.pt'} keeps the shared warmup (and each "
-                                 f"target folder what it finished): {again}") from None
+                                 f"target folder what it finished): {rundir.rerun_advice(cfg.overwrite, cfg.reuse)}") from None
     return results
 
 

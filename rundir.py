@@ -168,6 +168,13 @@ def _holds_a_run(run_dir: Path) -> bool:
                for p in run_dir.iterdir())
 
 
+def rerun_advice(overwrite: bool, reuse: bool) -> str:
+    """How to go on from what an interrupted run kept, given how it was started."""
+    return ("rerun the same command (--reuse goes on from it)" if reuse else
+            "rerun the command with --resume in place of --overwrite" if overwrite else
+            "rerun the same command with --resume")
+
+
 @contextmanager
 def run_folder(run_dir: Path, resume: bool = False, overwrite: bool = False, progress: str | None = "checkpoint.pt",
                reuse: bool = False, demo: bool = False):
@@ -184,9 +191,7 @@ def run_folder(run_dir: Path, resume: bool = False, overwrite: bool = False, pro
       replaced, with one line saying so; a folder that holds any other run is refused as above.
     """
     run_dir = Path(run_dir)
-    again = ("rerun the same command (--reuse goes on from it)" if reuse else
-             "rerun the command with --resume in place of --overwrite" if overwrite else
-             "rerun the same command with --resume")
+    again = rerun_advice(overwrite, reuse)
     if reuse:
         resume = progress is not None and (run_dir / progress).is_file()
         overwrite = not resume

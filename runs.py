@@ -185,9 +185,8 @@ class RunSettings:
             raise RunError("--d-step must divide --d-max and --w-step must divide --w-max")
         if self.resume + self.overwrite + self.reuse > 1:
             raise RunError("--resume, --overwrite and --reuse exclude each other")
-        parts = Path(self.name).parts
-        if self.name and (Path(self.name).is_absolute() or not parts or ".." in parts
-                          or not self.name.isprintable()):
+        name = Path(self.name)
+        if self.name and (name.is_absolute() or not name.parts or ".." in name.parts or not self.name.isprintable()):
             raise RunError(f"--name {self.name!r} must name a folder below --out {self.out} (such as 'my-run' or "
                            f"'group/my-run'): no '..', no absolute path, no control characters")
         resolve_device(self.device)

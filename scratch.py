@@ -217,8 +217,7 @@ def run_scratch(cfg: ScratchConfig, arch: Arch | None = None, data: data_mod.Ima
         raise RunError("--arch is required: a nas.json, an architecture JSON file or inline JSON")
     arch = arch or Arch.read(cfg.arch, ess)
     if run_dir is None:
-        default_out = next(f.default for f in dataclasses.fields(cfg) if f.name == "out")
-        beside_nas = cfg.arch.endswith("nas.json") and not cfg.name and cfg.out == default_out   # else as asked
+        beside_nas = cfg.arch.endswith("nas.json") and not cfg.name and cfg.out == type(cfg).out   # else as asked
         run_dir = Path(cfg.arch).parent / "scratch" if beside_nas else Path(cfg.out) / (cfg.name or cfg.default_name())
     out = run_dir / "scratch.json"
     with run_folder(run_dir, cfg.resume, cfg.overwrite, out.name, cfg.reuse, cfg.quick):
