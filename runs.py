@@ -374,15 +374,19 @@ def check_identity(mine: dict, theirs, ignore: tuple[str, ...] = (), what: str =
 
 
 def versions() -> dict:
-    import numpy
-    import torchvision
+    """The versions of Python, the packages and this code (read from the package metadata: importing torchvision
+    alone would take seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).parent).stdout.strip()
     except Exception:
         commit = ""
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": numpy.__version__, "git_commit": commit}
+    installed = {}
+    for package in ("torchvision", "numpy"):
+        with suppress(PackageNotFoundError):
+            installed[package] = version(package)
+    return {"python": platform.python_version(), "torch": torch.__version__, **installed, "git_commit": commit}
 
 
 def write_run_config(run_dir: Path, cfg, ess: ExpandedSearchSpace, device: torch.device):
