@@ -69,9 +69,9 @@ def test_bn_recalibration_matters_and_is_deterministic(toy):
 def test_sample_archs_honours_band_and_ordering():
     ess = ExpandedSearchSpace()
     g = torch.Generator().manual_seed(0)
-    archs = ev.sample_archs(ess.full_space(), 50, ess, g, flops_band=(3.6e8, 4e8), ordering="elite")
+    archs = ev.sample_archs(ess.full_space(), 50, ess, g, flops_band=(3e8, 6e8), ordering="elite")
     f = batch_arch_flops(torch.tensor([a.depths for a in archs]), torch.tensor([a.widths for a in archs]), ess)
-    assert ((f >= 3.6e8) & (f <= 4e8)).all() and all(a.satisfies("elite") for a in archs)
+    assert ((f >= 3e8) & (f <= 6e8)).all() and all(a.satisfies("elite") for a in archs)
     assert len(set(archs)) == 50
     with pytest.raises(runs.RunError, match="meet"):
         ev.sample_archs(ESS.full_space(), 5, ESS, g, flops_band=(1, 2), max_draws=10_000)
