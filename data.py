@@ -189,7 +189,7 @@ def class_names(data: ImageData, data_dir: str | Path = "./data") -> list[str]:
 
 def _class_dirs(split_dir: Path, data_dir) -> list[Path]:
     if not split_dir.is_dir():
-        raise DataError(f"no image folder at {split_dir.resolve()}: --dataset folder needs "
+        raise DataError(f"no image folder at {split_dir.resolve()}: image-folder data needs "
                         f"{Path(data_dir)}/train/<class>/* and {Path(data_dir)}/test/<class>/*; "
                         f"unpack a copy there or point --data-dir at one")
     try:

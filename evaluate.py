@@ -189,14 +189,24 @@ def train_supernet(cfg: SupernetConfig, data: data_mod.ImageData | None = None, 
     return trainer.supernet, result
 
 
-def load_supernet(path: str | Path, device="cpu") -> SuperNet:
-    """A supernet saved by ``train_supernet``."""
+def load_supernet(path: str | Path, device="cpu") -> tuple[SuperNet, Space]:
+    """A supernet saved by ``train_supernet``, and the space its weights were trained over."""
     fix = "give --supernet the supernet.pt that `evaluate.py supernet` writes"
     state = load_checkpoint(Path(path), fix)
     with reading(path, "is not a supernet written by evaluate.py", fix):
         net = SuperNet(ExpandedSearchSpace.from_dict(state["ess"]))
         net.load_state_dict(state["state"])
-    return net.to(device).eval()
+        trained = Space.from_dict(state["space"]).validate(net.ess)
+    return net.to(device).eval(), trained
+
+
+def check_trained_over(trained: Space, what: str, archs: Sequence[Arch], supernet: str):
+    """Refuse to score (or export) architectures outside the space that the supernet was trained over: its weights
+    there never trained, so their errors would rank nothing. ``archs``: a space's two ends, or the architecture."""
+    if not all(trained.contains(a) for a in archs):
+        raise RunError(f"{what} reaches beyond {trained}, the space that the supernet {supernet or '(--quick)'} was "
+                       f"trained over, where its weights never trained: score inside that space, or train a supernet "
+                       f"over one that holds it (evaluate.py supernet --space)")
 
 
 def score_archs(supernet: SuperNet, archs: Sequence[Arch], data: data_mod.ImageData, calib_images: int = 2000,
@@ -272,9 +282,11 @@ def run_score(cfg: ScoreConfig) -> dict:
     """Sample and score architectures from each space; writes runs/<name>/scores.json."""
     cfg.check()
     device = runs.resolve_device(cfg.device)
-    supernet = load_supernet(cfg.supernet, device)
+    supernet, trained = load_supernet(cfg.supernet, device)
     ess = supernet.ess
     spaces = {spec: Space.read(spec, ess) for spec in cfg.spaces.split(",")}
+    for spec, space in spaces.items():
+        check_trained_over(trained, f"--spaces {spec}", space.ends(), cfg.supernet)
     band = (cfg.flops_min, cfg.flops_max or math.inf) if (cfg.flops_min or cfg.flops_max) else None
     for spec, space in spaces.items():    # a band no architecture reaches: FLOPs grow with every depth and width
         lo, hi = (arch_flops(end, ess) for end in space.ends())
@@ -375,9 +387,11 @@ def run_export(cfg: ExportConfig) -> str:
     summary."""
     cfg.check()
     device = runs.resolve_device(cfg.device)
-    supernet = load_supernet(cfg.supernet, device) if cfg.supernet else None
+    supernet, trained = load_supernet(cfg.supernet, device) if cfg.supernet else (None, None)
     ess = cfg.ess_for() if supernet is None else supernet.ess
     arch = Arch.read(cfg.arch, ess)
+    if trained is not None:
+        check_trained_over(trained, f"--arch {arch}", [arch], cfg.supernet)
     # without a supernet the data is read for its normalisation and class names, which go with the network
     data = data_mod.load_for(cfg, ess, "cpu" if supernet is None else device)
     if supernet is None:
@@ -438,14 +452,16 @@ def run_rank(cfg: RankConfig) -> dict:
         fields = {f: getattr(cfg, f) for f in ("dataset", "data_dir", "download", "synthetic_size", "d_max", "w_max",
                                                "d_step", "w_step", "seed", "device", "amp", "progress")}
         if cfg.supernet:
-            supernet = load_supernet(cfg.supernet, device)
+            supernet, trained = load_supernet(cfg.supernet, device)
             data = data_mod.load_for(cfg, supernet.ess, device)
         else:   # --quick: a small evaluation supernet first, inside this run's folder
             quick = {**SupernetConfig.QUICK, **fields, "quick": True, "out": str(run_dir), "name": "evalnet", "overwrite": True}
             data = data_mod.load_for(cfg, cfg.ess_for(), device)
-            supernet, _ = train_supernet(SupernetConfig(**quick), data)
+            supernet, trained = train_supernet(SupernetConfig(**quick), data)
+            trained = Space.from_dict(trained["space"])
         ess = supernet.ess
         space, g, archs = Space.read(cfg.space, ess), torch.Generator().manual_seed(cfg.seed), []
+        check_trained_over(trained, f"--space {cfg.space}", space.ends(), cfg.supernet)
         if space.size < cfg.k:       # k distinct architectures: a rank statistic of fewer is not one
             raise RunError(f"--k {cfg.k} is more than the {space.size} architectures of {cfg.space}: lower --k or "
                            f"take a larger --space")

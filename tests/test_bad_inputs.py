@@ -131,6 +131,26 @@ def test_a_file_that_is_not_a_supernet_gets_advice_that_helps(cli_here, tmp_path
     assert "--overwrite" not in line
 
 
+def test_a_supernet_scores_only_inside_the_space_it_was_trained_over(cli_here, tmp_path):
+    """A supernet trained over a sub-space has untrained weights beyond it: scoring, ranking or exporting an
+    architecture there is refused in one line, before any data is read; inside it the same supernet works."""
+    from space import Arch, ExpandedSearchSpace, Space
+    from supernet import SuperNet
+    ess = ExpandedSearchSpace.reduced()
+    inner = Space(depths=((1, 2),) * 3, widths=((1, 8),) * 3)
+    torch.save({"ess": ess.to_dict(), "space": inner.to_dict(), "state": SuperNet(ess).state_dict()},
+               tmp_path / "supernet.pt")
+    (tmp_path / "inner.json").write_text(inner.to_json())
+    small = ["--supernet", str(tmp_path / "supernet.pt"), "--dataset", "synthetic", "--synthetic-size", "64"]
+    for args in (["score", "--spaces", "inner.json,full"], ["rank", "--space", "full"],
+                 ["export", "--arch", Arch((1, 1, 1), (1, 1, 12)).to_json(), "--out", "net.pt"]):
+        one_line(cli_here("evaluate", *args, *small), "reaches beyond", "supernet.pt was trained over", "--space")
+    assert not (tmp_path / "net.pt").exists() and not list((tmp_path / "runs").glob("*/*.json"))
+    done = cli_here("evaluate", "score", "--spaces", "inner.json", "--n", "3", "--calib-images", "0", "--test-images",
+                    "20", *small)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.parametrize("spaces", ["full,", ",full", "full,full", "full, full2"])
 def test_each_space_of_spaces_is_named_once_without_blanks(cli_here, tmp_path, spaces):
     torch.save({"epoch": 1}, tmp_path / "supernet.pt")
@@ -139,7 +159,8 @@ def test_each_space_of_spaces_is_named_once_without_blanks(cli_here, tmp_path, s
 
 def test_bench_fails_on_its_inputs_before_it_times_anything(cli_here, tmp_path):
     proc = cli_here("bench", "--quick", "--device", "cpu", "--data-dir", str(tmp_path / "nowhere"))
-    one_line(proc, "nowhere")
+    line = one_line(proc, "nowhere", "--data-dir")
+    assert "--dataset" not in line    # a flag that bench.py does not have
     assert proc.stdout == ""          # not one benchmark ran
 
 

@@ -12,7 +12,7 @@ import plots
 import runs
 import scratch
 from flops import arch_flops, batch_arch_flops
-from space import REDUCED, Arch, ExpandedSearchSpace
+from space import REDUCED, Arch, ExpandedSearchSpace, Space
 from supernet import build, recalibrate_bn
 
 ESS = ExpandedSearchSpace.reduced()
@@ -33,7 +33,8 @@ def test_supernet_training_learns_and_saves(toy):
     supernet, data, result, out = toy
     losses = [h["loss"] for h in result["history"]]
     assert losses[-1] < losses[0] - 0.3
-    loaded = ev.load_supernet(result["supernet"])
+    loaded, trained = ev.load_supernet(result["supernet"])
+    assert trained == Space.from_dict(result["space"]) == ESS.full_space()
     x = data_mod.normalize(data.test_x[:8], data.mean, data.std)
     arch = Arch((2, 3, 1), (8, 12, 16))
     assert torch.equal(loaded(x, arch), supernet.eval()(x, arch))
