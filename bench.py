@@ -46,23 +46,30 @@ from train import train_step
 
 @dataclass
 class BenchConfig:
-    device: str = "auto"
-    quick: bool = False
+    """The command line of ``bench.py``: each setting with its range, checked before anything runs. The sizes of
+    what is timed (``HIDDEN``: no flags) are fixed, and smaller with --quick."""
+
+    device: str = runs.option("auto", "auto | cpu | cuda | cuda:N")
+    quick: bool = runs.option(False, "tiny sizes, seconds on a CPU (the tests run this)")
+    data_dir: str = runs.option("", "an image-folder copy of CIFAR-10 for the from-scratch benchmark")
+    steps: int = runs.option(20, "timed steps per step benchmark", "[1, 1e6]")
+    epoch_steps: int = runs.option(0, "time this many steps of an NSS epoch and scale up (0: whole epochs)", "[0, 1e6]")
+    scratch_epochs: int = runs.option(60, "from-scratch epochs, with --data-dir", "[1, 1e5]")
+    out: str = runs.option("bench.json", "the JSON file of the results", path="output file")
+    overwrite: bool = runs.option(False, "replace --out if it exists")
     batch_sizes: tuple[int, ...] = (64, 256)       # masked Θ step
     search_batch: int = 64                         # sliced weight steps, as the search uses
     arch_targets: tuple[float, ...] = (6e8, 2e9, 4e9, 1.6e10)
     big_batch: int = 512                           # the goal's sliced step: ~2 GF at batch 512
-    steps: int = 20                                # timed steps per step benchmark
-    epoch_steps: int = 0                           # 0: time whole NSS epochs; N: time N steps and scale up
     eval_archs: int = 20
-    data_dir: str = ""
-    scratch_epochs: int = 60
-    out: str = "bench.json"
 
+    HIDDEN = ("batch_sizes", "search_batch", "arch_targets", "big_batch", "eval_archs")
+    QUICK = dict(steps=2, epoch_steps=2, scratch_epochs=1, batch_sizes=(8,), search_batch=8, arch_targets=(2e6, 6e6),
+                 big_batch=16, eval_archs=2)
 
-def quick_config(device: str) -> BenchConfig:
-    return BenchConfig(device=device, quick=True, batch_sizes=(8,), search_batch=8, arch_targets=(2e6, 6e6),
-                       big_batch=16, steps=2, epoch_steps=2, eval_archs=2, scratch_epochs=1)
+    def check(self):
+        runs.check_fields(self)
+        runs.resolve_device(self.device)
 
 
 def synchronize(device: torch.device):
@@ -261,33 +268,8 @@ def print_rows(rows: list[dict]):
         print("  ".join(parts), flush=True)
 
 
-@dataclass
-class BenchFlags:
-    """The command line of ``bench.py``: each setting with its range, checked before anything runs."""
-
-    device: str = runs.option("auto", "auto | cpu | cuda | cuda:N")
-    quick: bool = runs.option(False, "tiny sizes, seconds on a CPU (the tests run this)")
-    data_dir: str = runs.option("", "an image-folder copy of CIFAR-10 for the from-scratch benchmark")
-    steps: int = runs.option(BenchConfig.steps, "timed steps per step benchmark", "[1, 1e6]")
-    epoch_steps: int = runs.option(BenchConfig.epoch_steps, "time this many steps of an NSS epoch and scale up "
-                                                            "(0: whole epochs)", "[0, 1e6]")
-    scratch_epochs: int = runs.option(BenchConfig.scratch_epochs, "from-scratch epochs, with --data-dir", "[1, 1e5]")
-    out: str = runs.option(BenchConfig.out, "the JSON file of the results", path="output file")
-    overwrite: bool = runs.option(False, "replace --out if it exists")
-
-    QUICK = {name: getattr(quick_config("cpu"), name) for name in ("steps", "epoch_steps", "scratch_epochs")}
-
-    def check(self):
-        runs.check_fields(self)
-        runs.resolve_device(self.device)
-
-
 def main(argv=None) -> int:
-    flags = runs.parse_config(BenchFlags, argv, description=__doc__.split("\n\n")[0], prog="bench.py")
-    cfg = quick_config(flags.device) if flags.quick else BenchConfig(device=flags.device)
-    for name in ("data_dir", "out", "steps", "epoch_steps", "scratch_epochs"):
-        setattr(cfg, name, getattr(flags, name))
-    run(cfg)
+    run(runs.parse_config(BenchConfig, argv, description=__doc__.split("\n\n")[0], prog="bench.py"))
     return 0
 
 

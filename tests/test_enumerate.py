@@ -63,7 +63,7 @@ def base(cls, supernet: str = "", **extra) -> list[str]:
 COMMANDS = [("nss", None, nss.NSSConfig), ("nas", None, nas.NASConfig), ("evaluate", "supernet", ev.SupernetConfig),
             ("evaluate", "score", ev.ScoreConfig), ("evaluate", "scratch", ev.ScratchConfig),
             ("evaluate", "export", ev.ExportConfig), ("evaluate", "rank", ev.RankConfig),
-            ("evaluate", "table", ev.TableConfig), ("bench", None, bench.BenchFlags)]
+            ("evaluate", "table", ev.TableConfig), ("bench", None, bench.BenchConfig)]
 IDS = [f"{m} {s}" if s else m for m, s, _ in COMMANDS]
 
 
