@@ -179,7 +179,7 @@ def train_supernet(cfg: SupernetConfig, data: data_mod.ImageData | None = None, 
         status = lambda t, sums, n: f"loss {float(sums[0]) / max(1, n):.3f}"
         runs.train_run(trainer, lambda on_step, on_epoch: trainer.fit(loader, None, on_step, on_epoch), len(loader),
                        cfg, run_dir, ess, data, device, data_gen, describe, status, callback=callback,
-                       space=f"{space.size:,} architectures of {space_label(cfg.space)}")
+                       space=f"{space.size:,} architectures of {space_label(cfg.space)}", batch=loader.batch_size)
         trainer.supernet.batch_stats_reduce = None      # trained: scoring runs one architecture per process
         state = {"ess": ess.to_dict(), "space": space.to_dict(), "state": trainer.supernet.state_dict()}
         write_atomic(run_dir / "supernet.pt", lambda p: save_torch(state, p))

@@ -104,7 +104,7 @@ def run_search(cfg: SearchConfig, ess: ExpandedSearchSpace, options: Options, wh
             searcher.supernet.batch_stats_reduce = distributed.batch_stats_reduce()   # global-batch BN
         data_gen = data_mod.make_generator(device, cfg.seed + 1)      # shuffling and augmentation
         train, val = data_mod.search_loaders(data, cfg.seed, cfg.batch_size, data_gen, searcher.amp)
-        steps = min(len(train), len(val))
+        steps, batch = min(len(train), len(val)), train.batch_size if cfg.task_loss else None
         if not cfg.task_loss:            # Θ on the FLOPs loss alone: no batches
             train = val = [None] * steps
         elif parallel:                   # each process takes its share of every global batch
@@ -116,7 +116,8 @@ def run_search(cfg: SearchConfig, ess: ExpandedSearchSpace, options: Options, wh
                        search_status, theta_is_finite, callback, start,
                        ignore=("target",) if start is not None or until is not None else (),
                        space=f"{math.prod(d * w for d, w in options.sizes):,} {what.removeprefix('the ')}",
-                       phases=[(name, n) for name, n in (("warmup", warmup), ("search", end - warmup)) if n])
+                       phases=[(name, n) for name, n in (("warmup", warmup), ("search", end - warmup)) if n],
+                       batch=batch)
         if until is not None:            # a warmup that several targets go on from: no result of its own
             return {}
         result = finish(searcher) | {"probs": searcher.theta.probs_dict(), "history": searcher.history} | {

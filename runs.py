@@ -410,13 +410,14 @@ def duration(seconds: float) -> str:
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
 
 
-def start_line(cfg: RunSettings, run_dir: Path, device: torch.device, data: data_mod.ImageData, space: str,
-               phases: list[tuple[str, int]], steps: int, done: int) -> str:
-    """One line: the run folder, the device, the data, the space and the schedule (and where a resumed run goes on)."""
+def start_line(run_dir: Path, device: torch.device, data: data_mod.ImageData, space: str,
+               phases: list[tuple[str, int]], steps: int, batch: int | None, done: int) -> str:
+    """One line: the run folder, the device, the data, the space and the schedule (``batch``: the batch its loaders
+    draw, which a --batch-size beyond the data does not reach; and where a resumed run goes on)."""
     where = f"{device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
     where += f", {distributed.world()} processes" if distributed.world() > 1 else ""
     split = f" ({' + '.join(f'{n} {name}' for name, n in phases)})" if len(phases) > 1 else ""
-    batch = f" at batch {cfg.batch_size}" if getattr(cfg, "batch_size", None) else ""
+    batch = f" at batch {batch}" if batch else ""
     total = sum(n for _, n in phases)
     schedule = f"{total} epochs{split} of {steps} step{'s' * (steps != 1)}{batch}"
     parts = [f"{run_dir} on {where}", f"{data.name}: {len(data.train_y):,} training images of {data.num_classes} classes",
@@ -479,14 +480,15 @@ def train_run(trainer, fit: Callable, steps: int, cfg: RunSettings, run_dir: Pat
               data: data_mod.ImageData, device: torch.device, data_gen: torch.Generator, describe: Callable,
               status: Callable | None = None, on_step: Callable | None = None, callback: Callable | None = None,
               start: dict | None = None, ignore: tuple[str, ...] = (), space: str = "",
-              phases: list[tuple[str, int]] | None = None):
+              phases: list[tuple[str, int]] | None = None, batch: int | None = None):
     """Run ``fit(on_step, on_epoch)`` of a ``trainer`` (``state_dict``, ``load_state_dict``, ``history``) of
     ``steps`` steps an epoch, in ``run_dir``: resumed from ``checkpoint.pt`` with --resume (or from the state
     ``start``), refusing another identity (bar the settings in ``ignore``); ``config.json`` first; after each
     epoch the divergence rule, the checkpoint (not of a suspect epoch), an epoch line (``describe(record)``) and
     a line of ``metrics.jsonl``; a progress bar with ``status(trainer, sums, n)``. On stdout first a line of the
     plan (``space`` says what the run searches or trains over; ``phases``: (name, epochs) in order, by default
-    one of ``cfg.epochs``), then after the first few steps of each phase the estimated time of the whole run."""
+    one of ``cfg.epochs``; ``batch``: the loaders' batch), then after the first few steps of each phase the
+    estimated time of the whole run."""
     mine = identity(cfg, data_mod.fingerprint(data), device)
     state, resume = start, (run_dir / "checkpoint.pt").is_file() if cfg.reuse else cfg.resume
     if resume:                       # rank 0 checks the checkpoint first, then every process reads it itself
@@ -524,7 +526,7 @@ def train_run(trainer, fit: Callable, steps: int, cfg: RunSettings, run_dir: Pat
     phases = phases or [("training", cfg.epochs)]
     done = len(trainer.history)
     say = lambda line: (bar.clear(), print(line, flush=True)) if distributed.is_main() else None
-    say(start_line(cfg, run_dir, device, data, space, phases, steps, done))
+    say(start_line(run_dir, device, data, space, phases, steps, batch, done))
     estimate, warned = Estimate(phases, steps, done, sum(h.get("seconds", 0.0) for h in trainer.history)), []
 
     def step(trainer, sums):

@@ -134,6 +134,13 @@ def test_quick_starts_with_its_plan_estimates_its_time_per_phase_and_runs_again(
     assert not any("needs a GPU" in line for line in lines)        # seconds, not hours
 
 
+def test_the_plan_line_gives_the_batch_the_loaders_draw(cli_here):
+    """A --batch-size beyond the data: the loaders cap it at the 32 images of each search half, and the plan says so."""
+    proc = cli_here("nss", *TINY, "--batch-size", "1000", "--name", "big-batch")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].endswith("2 epochs (1 warmup + 1 search) of 1 step at batch 32")
+
+
 def test_a_finished_run_resumed_says_that_no_epoch_is_left(cli_here):
     """--resume of a run whose epochs are all done: its plan line says so (not "from epoch 3" of 2), and it ends."""
     assert cli_here("nss", *TINY, "--name", "done").returncode == 0
